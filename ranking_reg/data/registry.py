@@ -1,0 +1,96 @@
+"""``build_dataset(name, root, split, transform=None, **options)`` and the name -> builder table.
+
+A builder is ``fn(root, split, transform=None, **options)``; the options it accepts are its
+keyword parameters, so an unknown option (a typo in ``data.<key>``) is caught here, by name, for
+every dataset, including ones other modules register (``register_dataset("digits", fn)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ranking_reg.errors import ConfigError
+
+Builder = Callable[..., Any]
+
+REGISTRY: dict[str, Builder] = {}
+
+# Parsers are imported on first use: building one dataset should not import the others.
+_BUILTIN = {
+    "aircraft": "ranking_reg.data.parsers.aircraft",
+    "nabirds": "ranking_reg.data.parsers.nabirds",
+    "flowers102": "ranking_reg.data.parsers.flowers102",
+    "cars": "ranking_reg.data.parsers.cars",
+    "dogs": "ranking_reg.data.parsers.dogs",
+    "folder": "ranking_reg.data.parsers.folder",
+    "csv": "ranking_reg.data.parsers.csv_list",
+}
+_EXTERNAL = ("ranking_reg.data.digits",)
+_FIXED = ("root", "split", "transform")
+
+
+def register_dataset(name: str, fn: Builder) -> None:
+    """Make ``fn(root, split, transform=None, **options)`` available as ``data=<name>``."""
+    REGISTRY[name] = fn
+
+
+def _load_external() -> None:
+    for module in _EXTERNAL:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the module is optional (not written yet, or a trimmed install)
+            pass
+
+
+def dataset_names() -> list[str]:
+    """Every name ``build_dataset`` accepts, sorted."""
+    _load_external()
+    return sorted(set(REGISTRY) | set(_BUILTIN))
+
+
+def get_builder(name: str) -> Builder:
+    if name not in REGISTRY and name in _BUILTIN:
+        register_dataset(name, importlib.import_module(_BUILTIN[name]).build)
+    if name not in REGISTRY:
+        _load_external()
+    if name not in REGISTRY:
+        raise ConfigError(
+            f"unknown dataset {name!r} (option data / data.name); choose one of "
+            f"{', '.join(dataset_names())}."
+        )
+    return REGISTRY[name]
+
+
+def accepted_options(name: str) -> list[str] | None:
+    """The option names dataset ``name`` accepts (None: the builder takes any ``**kwargs``)."""
+    params = inspect.signature(get_builder(name)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in _FIXED and p.kind is not p.VAR_POSITIONAL]
+
+
+def build_dataset(
+    name: str, root: str | os.PathLike, split: str, transform: Callable | None = None, **options
+) -> Any:
+    """The ``split`` ("train": the paper's training split, or "test") of dataset ``name``.
+
+    ``options`` are the dataset's config keys (``level``, ``crop_banner``, ``use_bbox``,
+    ``skip_corrupt``, ``decode_size``, ``list_file``, ...); an option the dataset does not take
+    raises ConfigError naming it.
+    """
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
+    builder = get_builder(name)
+    accepted = accepted_options(name)
+    if accepted is not None:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"dataset {name!r} has no option {unknown[0]!r} (data.{unknown[0]}); its options "
+                f"are {', '.join(accepted) or 'none'}."
+            )
+    return builder(os.fspath(root), split, transform=transform, **options)
