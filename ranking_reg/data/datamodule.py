@@ -1,0 +1,170 @@
+"""FGVRDataModule: one LightningDataModule for every dataset (DESIGN §3-4).
+
+Splits: ``train`` and ``test`` come from the dataset's own lists; ``val`` is a seeded stratified
+fraction (``val_fraction``) carved from train (none of the five datasets has a separate val split
+in the paper's protocol). ``imbalance_ratio`` long-tails what remains of train, never val or test.
+Training batches are P x K (:class:`PKBatchSampler`); evaluation covers each split exactly once
+across processes (:class:`ShardedEvalSampler`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ranking_reg.data.pk_sampler import PKBatchSampler
+from ranking_reg.data.samplers import ShardedEvalSampler
+from ranking_reg.data.splits import SplitView, stratified_split
+from ranking_reg.data.transforms import eval_transform, train_transform
+from ranking_reg.errors import ConfigError
+
+
+class FGVRDataModule(L.LightningDataModule):
+    """Train/val/test loaders of dataset ``name`` under ``root``; extra keys go to the parser."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str | None = None,
+        batch_size: int = 32,
+        samples_per_class: int = 4,
+        img_size: int = 224,
+        resize_size: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        imbalance_ratio: float | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        seed: int = 0,
+        flip: bool = True,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        many_shot: int = 100,
+        few_shot: int = 20,
+        **dataset_options: Any,
+    ) -> None:
+        super().__init__()
+        if imbalance_ratio is not None and imbalance_ratio < 1:
+            raise ConfigError(
+                f"data.imbalance_ratio={imbalance_ratio}: the ratio of the largest to the smallest"
+                " class must be >= 1 (or null for the balanced split)."
+            )
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} must be in (0, 1): validation (and the best"
+                " checkpoint) needs a held-out part of the training split."
+            )
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0.")
+        self.name = name
+        self.root = root
+        self.batch_size = batch_size
+        self.samples_per_class = samples_per_class
+        self.img_size = img_size
+        self.resize_size = resize_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.imbalance_ratio = imbalance_ratio
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.seed = seed
+        self.flip = flip
+        self.crop_scale = tuple(crop_scale)
+        self.many_shot = many_shot
+        self.few_shot = few_shot
+        self.dataset_options = dict(dataset_options)
+        self.train_dataset: SplitView | None = None
+        self.val_dataset: SplitView | None = None
+        self.test_dataset: SplitView | None = None
+
+    # -- datasets ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_dataset is not None:
+            return
+        from ranking_reg.data.registry import build_dataset
+
+        train_base = build_dataset(self.name, self.root, "train", **self.dataset_options)
+        test_base = build_dataset(self.name, self.root, "test", **self.dataset_options)
+        if list(train_base.classes) != list(test_base.classes):
+            raise ConfigError(
+                f"data={self.name}: the train and test splits list different classes; check the"
+                f" dataset files under {self.root}."
+            )
+        train_idx, val_idx = stratified_split(train_base.targets, self.val_fraction, self.split_seed)
+        if self.imbalance_ratio is not None:
+            from ranking_reg.data.longtail import longtail_indices
+
+            kept_targets = [train_base.targets[i] for i in train_idx]
+            keep = longtail_indices(kept_targets, self.imbalance_ratio, seed=self.split_seed)
+            train_idx = [train_idx[i] for i in keep]
+        evaluation = eval_transform(self.img_size, self.resize_size)
+        training = train_transform(self.img_size, flip=self.flip, scale=self.crop_scale)
+        self.train_dataset = SplitView(train_base, train_idx, training)
+        self.val_dataset = SplitView(train_base, val_idx, evaluation)
+        self.test_dataset = SplitView(test_base, None, evaluation)
+
+    @property
+    def num_classes(self) -> int:
+        assert self.train_dataset is not None, "call setup() first"
+        return len(self.train_dataset.classes)
+
+    @property
+    def train_class_counts(self) -> list[int]:
+        """Training images per class id (after the long-tail cut)."""
+        assert self.train_dataset is not None, "call setup() first"
+        counts = Counter(self.train_dataset.targets)
+        return [counts.get(c, 0) for c in range(self.num_classes)]
+
+    def eval_dataset(self, stage: str) -> SplitView:
+        dataset = {"val": self.val_dataset, "test": self.test_dataset}[stage]
+        assert dataset is not None, "call setup() first"
+        return dataset
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        world, rank = self._replicas()
+        sampler = PKBatchSampler(
+            self.train_dataset.targets,
+            batch_size=self.batch_size,
+            samples_per_class=self.samples_per_class,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_options())
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        dataset = self.eval_dataset(stage)
+        world, rank = self._replicas()
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=ShardedEvalSampler(len(dataset), world, rank),
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,114 @@
+"""The P x K batch sampler (Hermans et al. 2017; Taha et al. 2020 §4: P classes x K = 4 images).
+
+Why our own: PML's ``MPerClassSampler`` has a fixed epoch length unrelated to the dataset, no DDP
+version, and samples classes uniformly (it would undo a long-tailed train split), and Lightning
+re-wraps plain samplers under DDP in a way that destroys P x K groups (DESIGN §6).
+
+Definition. Every epoch (seeded by ``seed`` and the epoch number) each class's images are shuffled
+and cut into groups of K; a last group with fewer than K images is completed by drawing from the
+class with replacement (so does a class with fewer than K images). The groups are shuffled together,
+so a class appears in proportion to its size: sampling keeps the dataset's class distribution.
+Batches take P groups of P distinct classes from that stream, in order, skipping (and keeping for
+later) a group whose class is already in the batch. An epoch has ``floor(n_groups / (P * W))``
+steps, where W is the number of processes; when the stream cannot complete a step it continues on a
+fresh shuffle of the groups, so the length never changes.
+
+Under DDP every step draws W x P groups; process ``rank`` gets the ``rank``-th P of them: whole
+classes, disjoint images across processes, identical streams on every process (same seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from ranking_reg.errors import ConfigError
+
+
+class PKBatchSampler(Sampler[list[int]]):
+    """Yields lists of P x K dataset indices: P distinct classes, K images each."""
+
+    def __init__(
+        self,
+        targets: Sequence[int],
+        batch_size: int,
+        samples_per_class: int = 4,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if samples_per_class < 1 or batch_size % samples_per_class != 0:
+            raise ConfigError(
+                f"data.batch_size={batch_size} must be a positive multiple of"
+                f" data.samples_per_class={samples_per_class} (P classes x K images per batch)."
+            )
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.k = samples_per_class
+        self.p = batch_size // samples_per_class
+        n_classes = len(np.unique(self.targets))
+        if self.p > n_classes:
+            raise ConfigError(
+                f"data.batch_size={batch_size} with data.samples_per_class={samples_per_class} asks"
+                f" for P={self.p} distinct classes per batch, but the training split has only"
+                f" {n_classes} classes. Lower data.batch_size to at most"
+                f" {n_classes * samples_per_class} or lower data.samples_per_class."
+            )
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._members = [np.flatnonzero(self.targets == c) for c in np.unique(self.targets)]
+        n_groups = sum(-(-len(m) // self.k) for m in self._members)
+        self._steps = max(1, n_groups // (self.p * num_replicas))
+        # Lightning calls ``batch_sampler.sampler.set_epoch``; pointing at ourselves gets that call.
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def _groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        """One shuffled pass over all classes cut into K-groups: (class position, indices)."""
+        groups: list[tuple[int, np.ndarray]] = []
+        for position, members in enumerate(self._members):
+            shuffled = rng.permutation(members)
+            for start in range(0, len(shuffled), self.k):
+                group = shuffled[start : start + self.k]
+                if len(group) < self.k:
+                    group = np.concatenate([group, rng.choice(members, self.k - len(group))])
+                groups.append((position, group))
+        order = rng.permutation(len(groups))
+        return [groups[i] for i in order]
+
+    def _global_batches(self) -> Iterator[list[np.ndarray]]:
+        """Per step, W lists of P groups (one list per process), from the seeded stream."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        stream: list[tuple[int, np.ndarray]] = []
+        for _ in range(self._steps):
+            per_process: list[list[np.ndarray]] = []
+            for _ in range(self.num_replicas):
+                chosen: list[np.ndarray] = []
+                classes_in_batch: set[int] = set()
+                cursor = 0
+                while len(chosen) < self.p:
+                    if cursor >= len(stream):
+                        stream.extend(self._groups(rng))
+                    position, group = stream[cursor]
+                    if position in classes_in_batch:
+                        cursor += 1
+                        continue
+                    classes_in_batch.add(position)
+                    chosen.append(group)
+                    stream.pop(cursor)
+                per_process.append(chosen)
+            yield [np.concatenate(groups) for groups in per_process]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for per_process in self._global_batches():
+            yield per_process[self.rank].tolist()

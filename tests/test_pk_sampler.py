@@ -1,0 +1,113 @@
+"""The P x K batch sampler: composition, length, seeding, DDP sharding, class distribution."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from torch.utils.data import DataLoader
+
+from ranking_reg.data.pk_sampler import PKBatchSampler
+from ranking_reg.errors import ConfigError
+
+
+def _targets(sizes):
+    return [c for c, n in enumerate(sizes) for _ in range(n)]
+
+
+def test_every_batch_has_p_distinct_classes_with_k_images_each():
+    targets = _targets([9, 7, 12, 4, 5, 8, 6, 10, 3, 11])
+    sampler = PKBatchSampler(targets, batch_size=16, samples_per_class=4, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    for batch in batches:
+        labels = [targets[i] for i in batch]
+        counts = Counter(labels)
+        assert len(batch) == 16
+        assert len(counts) == 4
+        assert set(counts.values()) == {4}
+
+
+def test_epoch_length_is_groups_over_p():
+    sizes = [9, 7, 12, 4, 5, 8, 6, 10, 3, 11]
+    groups = sum(-(-n // 4) for n in sizes)  # 22
+    sampler = PKBatchSampler(_targets(sizes), batch_size=8, samples_per_class=4)
+    assert len(sampler) == groups // 2 == 11
+    assert len(list(sampler)) == 11
+
+
+def test_one_epoch_uses_each_image_before_repeating_it_within_its_class():
+    # Class sizes that are multiples of K: within one epoch every image appears exactly once.
+    targets = _targets([8, 8, 8, 8])
+    sampler = PKBatchSampler(targets, batch_size=8, samples_per_class=4, seed=1)
+    seen = Counter(i for batch in sampler for i in batch)
+    assert sorted(seen) == list(range(32))
+    assert set(seen.values()) == {1}
+
+
+def test_small_class_is_sampled_with_replacement():
+    targets = _targets([2, 8, 8])  # class 0 has fewer than K = 4 images
+    sampler = PKBatchSampler(targets, batch_size=8, samples_per_class=4, seed=0)
+    for batch in sampler:
+        labels = [targets[i] for i in batch]
+        if 0 in labels:
+            members = [i for i in batch if targets[i] == 0]
+            assert len(members) == 4 and set(members) <= {0, 1}
+
+
+def test_seeded_reproducible_and_epochs_differ():
+    targets = _targets([10] * 6)
+    a = PKBatchSampler(targets, 8, 4, seed=5)
+    b = PKBatchSampler(targets, 8, 4, seed=5)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    c = PKBatchSampler(targets, 8, 4, seed=6)
+    assert list(c) != first
+
+
+def test_lightning_sets_the_epoch_through_the_dataloader():
+    targets = _targets([10] * 6)
+    sampler = PKBatchSampler(targets, 8, 4, seed=5)
+    loader = DataLoader(list(range(len(targets))), batch_sampler=sampler)
+    _set_sampler_epoch(loader, 3)
+    assert sampler.epoch == 3
+
+
+def test_ddp_shards_are_disjoint_whole_classes_and_identical_streams():
+    targets = _targets([8] * 12)
+    shards = [PKBatchSampler(targets, 8, 4, seed=2, num_replicas=2, rank=r) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == (12 * 2) // (2 * 2)
+    used = Counter()
+    for batch0, batch1 in zip(*shards, strict=True):
+        for batch in (batch0, batch1):
+            counts = Counter(targets[i] for i in batch)
+            assert set(counts.values()) == {4} and len(counts) == 2
+        assert not set(batch0) & set(batch1)
+        used.update(batch0 + batch1)
+    # every image once per epoch across both processes
+    assert set(used.values()) == {1} and len(used) == 96
+
+
+def test_class_frequencies_follow_the_dataset_not_uniform():
+    # A long-tailed split must stay long-tailed: PML's MPerClassSampler would balance it.
+    sizes = [200, 100, 40, 20, 8, 4, 4, 4]
+    targets = _targets(sizes)
+    sampler = PKBatchSampler(targets, 8, 4, seed=0)
+    counts = Counter()
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        counts.update(targets[i] for batch in sampler for i in batch)
+    share = np.array([counts[c] for c in range(8)], dtype=float)
+    share /= share.sum()
+    expected = np.array(sizes, dtype=float) / sum(sizes)
+    assert share[0] > 0.4 and share[0] == pytest.approx(expected[0], abs=0.05)
+    assert share[7] < 0.03
+
+
+def test_impossible_batches_are_config_errors():
+    with pytest.raises(ConfigError, match="data.batch_size=10 must be a positive multiple"):
+        PKBatchSampler(_targets([8] * 4), batch_size=10, samples_per_class=4)
+    with pytest.raises(ConfigError, match="only 3 classes"):
+        PKBatchSampler(_targets([8] * 3), batch_size=16, samples_per_class=4)
