@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ranking_reg.data.pk_sampler import PKBatchSampler
 from ranking_reg.data.samplers import ShardedEvalSampler
+from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
 from ranking_reg.data.transforms import eval_transform, train_transform
 from ranking_reg.errors import ConfigError
@@ -151,7 +152,8 @@ class FGVRDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
         )
-        return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_options())
+        seeded = SeededBatchSampler(sampler, seed=self.seed)
+        return DataLoader(self.train_dataset, batch_sampler=seeded, **self._loader_options())
 
     def _eval_loader(self, stage: str) -> DataLoader:
         dataset = self.eval_dataset(stage)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 
@@ -36,10 +37,18 @@ class SplitView(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[Any, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int, int]:
+        """``key`` is a position, or ``(position, seed)``: then the transform's random draws come
+        from ``seed`` alone (see :mod:`ranking_reg.data.seeded`)."""
+        position, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.base[self.indices[position]]
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
         return image, int(label), position
 
     def load_image(self, position: int):
