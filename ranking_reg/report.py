@@ -1,0 +1,27 @@
+"""The metrics table printed at the end of a run."""
+
+from __future__ import annotations
+
+PERCENT_PREFIXES = (
+    "acc",
+    "macro_acc",
+    "recall@",
+    "many_acc",
+    "medium_acc",
+    "few_acc",
+    "pooled_recall@",
+)
+
+
+def format_metrics_table(metrics: dict[str, float], title: str = "metrics") -> str:
+    """A two-column text table; accuracies and recalls in percent, NMI and MAP@R as fractions."""
+    rows = []
+    for key in sorted(metrics):
+        value = metrics[key]
+        name = key.split("/", 1)[-1]
+        percent = name.startswith(PERCENT_PREFIXES) or name.endswith("acc_best")
+        rows.append((key, f"{100 * value:6.2f} %" if percent else f"{value:8.4f}"))
+    width = max([len(k) for k, _ in rows] + [len("metric")])
+    lines = [title, f"{'metric':<{width}}  value", f"{'-' * width}  --------"]
+    lines += [f"{key:<{width}}  {value}" for key, value in rows]
+    return "\n".join(lines)
