@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ranking_reg.checkpoint_io import AtomicCheckpointIO
 from ranking_reg.config_checks import validate_config
@@ -24,6 +24,7 @@ from ranking_reg.errors import ConfigError, report_user_errors
 from ranking_reg.io_utils import write_json_atomic
 from ranking_reg.module import RankingRegModule
 from ranking_reg.report import format_metrics_table
+from ranking_reg.wandb_utils import finish_wandb, register_resolvers, resolved_config
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -66,7 +67,7 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_config(cfg)
     model = RankingRegModule(
         resolved, datamodule.num_classes, train_class_counts=datamodule.train_class_counts
     )
@@ -92,9 +93,14 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    finally:  # each multirun job must be its own W&B run (DESIGN §6)
+        finish_wandb()
     return metrics.get(f"{cfg.monitor}_best")
 
+
+register_resolvers()
 
 if __name__ == "__main__":
     main()
