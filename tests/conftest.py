@@ -18,6 +18,7 @@ TINY = [
     "trainer.limit_train_batches=4",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
+    "callbacks=checkpoints",
 ]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF, compose_config, run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config, run_cli
 from ranking_reg.config_checks import validate_config
 from ranking_reg.errors import ConfigError, format_user_error
 from ranking_reg.regularizers import CenterRegularizer, NoRegularizer, TripletRegularizer

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import yaml
+from conftest import TINY, compose_config, run_cli
 from lightning.pytorch.callbacks import Callback
 
-from conftest import TINY, compose_config, run_cli
 from ranking_reg.train import run
 
 METRIC_KEYS = {
@@ -57,8 +57,15 @@ def test_every_method_trains(regularizer, tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_prints_the_table_and_writes_the_run_folder(tmp_path):
-    result = run_cli("ranking_reg.train", *TINY, f"hydra.run.dir={tmp_path}")
+    result = run_cli("ranking_reg.train", *TINY, "callbacks=default", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "retrieval_grid",
+        "per_class_accuracy",
+        "confusion_matrix",
+        "embedding_projection",
+    ):
+        assert (tmp_path / "plots" / f"test_{name}_latest.png").is_file()
     assert "test/recall@1" in result.stdout and "test/acc" in result.stdout
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["data"]["name"] == "digits" and saved["regularizer"]["weight"] == 1.0
@@ -104,13 +111,7 @@ class StopAfterFirstEpoch(Callback):
 
 @pytest.mark.slow
 def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
-    common = [
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=6",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "seed=7",
-    ]
+    common = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=6", "seed=7"]
     straight = run(compose_config(common, output_dir=tmp_path / "straight"))
 
     first = tmp_path / "interrupted"

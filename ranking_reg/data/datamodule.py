@@ -97,7 +97,9 @@ class FGVRDataModule(L.LightningDataModule):
                 f"data={self.name}: the train and test splits list different classes; check the"
                 f" dataset files under {self.root}."
             )
-        train_idx, val_idx = stratified_split(train_base.targets, self.val_fraction, self.split_seed)
+        train_idx, val_idx = stratified_split(
+            train_base.targets, self.val_fraction, self.split_seed
+        )
         if self.imbalance_ratio is not None:
             from ranking_reg.data.longtail import longtail_indices
 
