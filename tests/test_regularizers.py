@@ -48,7 +48,9 @@ def test_semihard_and_hard_go_through_the_functional_losses():
     per_pair = semihard_triplet_loss(embeddings, labels, 0.2, reduction="none")
     assert semi.active_fraction.item() == pytest.approx((per_pair > 0).float().mean().item())
     hard = TripletRegularizer(margin=0.2, miner=build_miner("hard"))(embeddings, labels)
-    assert hard.loss.item() == pytest.approx(batch_hard_triplet_loss(embeddings, labels, 0.2).item())
+    assert hard.loss.item() == pytest.approx(
+        batch_hard_triplet_loss(embeddings, labels, 0.2).item()
+    )
 
 
 def test_generic_pml_miner_equals_pml_triplet_margin_loss_with_mean_reducer():
