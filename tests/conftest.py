@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+
+# pytest -n 2 runs two workers on a 2-core machine: one intra-op thread each, or torch's thread
+# pools oversubscribe the cores and small ops get ~50x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
