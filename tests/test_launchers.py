@@ -1,0 +1,144 @@
+"""The launcher and search configs compose with Hydra and run a multirun of a trivial app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> Path:
+    """A minimal primary config that searches the project's conf/ (independent of train.yaml)."""
+    (tmp_path / "app.yaml").write_text(
+        f"hydra:\n  searchpath:\n    - file://{CONF}\n"
+        "seed: 0\nregularizer: {weight: 1.0, margin: 0.2}\n"
+    )
+    return tmp_path
+
+
+def hydra_cfg(config_dir: Path, name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=True)
+
+
+def test_joblib_launcher_composes(primary: Path) -> None:
+    cfg = hydra_cfg(primary, "app", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"])
+    launcher = cfg.hydra.launcher
+    assert get_class(launcher._target_).__name__ == "JoblibLauncher"
+    assert launcher.n_jobs == 3 and launcher.prefer == "processes"
+
+
+def test_submitit_slurm_launcher_composes(primary: Path) -> None:
+    overrides = [
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=90",
+    ]
+    cfg = hydra_cfg(primary, "app", overrides)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert get_class(launcher["_target_"]).__name__ == "SlurmLauncher"
+    assert cfg.hydra.launcher.tasks_per_node == 4  # one task per GPU (follows gpus_per_node)
+    assert (launcher["nodes"], launcher["partition"], launcher["timeout_min"]) == (2, "gpu", 90)
+
+
+@pytest.mark.slow  # importing optuna takes ~4 s
+def test_lambda_optuna_composes_with_search_space(primary: Path) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    cfg = hydra_cfg(primary, "app", ["+hparams_search=lambda_optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert get_class(sweeper._target_).__name__ == "OptunaSweeper"
+    assert sweeper.direction == "maximize" and sweeper.n_trials >= 10
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert set(sweeper.params) == {"regularizer.weight", "regularizer.margin"}
+    parser = OverridesParser.create()
+    dists = {
+        key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
+        for key, value in sweeper.params.items()
+    }
+    weight, margin = dists["regularizer.weight"], dists["regularizer.margin"]
+    assert (weight.low, weight.high) == (0.1, 3.0) and type(
+        weight
+    ).__name__ == "LogUniformDistribution"
+    assert (margin.low, margin.high) == (0.05, 1.0)
+    assert weight.low <= 0.2 and weight.high >= 2.0  # brackets the paper's lambda range
+
+
+@pytest.mark.skipif(not (CONF / "train.yaml").exists(), reason="project conf/train.yaml absent")
+def test_configs_compose_with_train_yaml() -> None:
+    cfg = hydra_cfg(CONF, "train", ["hparams_search=lambda_optuna", "hydra/launcher=joblib"])
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.monitor == "val/acc"
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert "regularizer.weight" in cfg.hydra.sweeper.params and "weight" in cfg.regularizer
+
+
+APP = textwrap.dedent(
+    """
+    import json, os, hydra
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.hydra_config import HydraConfig
+
+    ConfigStore.instance().store(
+        name="app", node={"seed": 0, "regularizer": {"weight": 1.0, "margin": 0.2}})
+
+    @hydra.main(version_base="1.3", config_path=None, config_name="app")
+    def main(cfg):
+        out = HydraConfig.get().runtime.output_dir
+        with open(os.path.join(out, "job.json"), "w") as f:
+            json.dump({"seed": cfg.seed, "pid": os.getpid(), "w": cfg.regularizer.weight,
+                       "launcher": HydraConfig.get().launcher._target_}, f)
+        return -(cfg.regularizer.weight - 1.0) ** 2
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def run_app(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    (tmp_path / "app.py").write_text(APP)
+    cmd = [sys.executable, str(tmp_path / "app.py"), "--config-dir", str(CONF), "-m", *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow  # a Hydra subprocess with two loky workers (~4 s)
+def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_app(tmp_path, ["hydra/launcher=joblib", "seed=3,4", f"hydra.sweep.dir={sweep}"])
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/job.json"))]
+    assert sorted(j["seed"] for j in jobs) == [3, 4]
+    assert all(j["launcher"].endswith("JoblibLauncher") for j in jobs)
+    assert len({j["pid"] for j in jobs}) == 2  # two loky worker processes (n_jobs: 2)
+
+
+@pytest.mark.slow  # a Hydra subprocess importing optuna (~4 s)
+def test_optuna_search_runs_trials(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_app(
+        tmp_path,
+        ["+hparams_search=lambda_optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"],
+    )
+    trials = [json.loads(p.read_text()) for p in sweep.glob("*/job.json")]
+    assert len(trials) == 3 and all(0.1 <= t["w"] <= 3.0 for t in trials)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(-((t["w"] - 1.0) ** 2) for t in trials))

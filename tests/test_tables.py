@@ -1,0 +1,272 @@
+"""Aggregation of run dirs into tables: statistics, matching, missing runs, rendering, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ranking_reg import tables as T
+from ranking_reg.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted((REPO / "experiments" / "tables").glob("*.yaml"))
+
+
+def make_run(root: Path, name: str, overrides: list[str], seed: int, metrics: dict | None, **cfg):
+    """A run dir as Hydra + train.py leave it: .hydra/{config,overrides}.yaml [+ metrics.json]."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "trainer": {"max_epochs": 3, "accelerator": "cpu", "devices": 1}}
+    for dotted, value in cfg.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides + [f"seed={seed}"]))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+SPEC = {
+    "name": "toy",
+    "title": "Toy table",
+    "layout": {"rows": "method", "columns": "dataset"},
+    "metrics": [{"key": "test/acc", "label": "top-1"}],
+    "factors": {
+        "method": {
+            "softmax": {"label": "Softmax", "overrides": ["regularizer=none"]},
+            "semihard": ["regularizer=triplet", "miner=semihard"],
+        }
+    },
+    "smoke": {
+        "seeds": [0, 1],
+        "overrides": ["trainer.max_epochs=3"],
+        "factors": {"dataset": {"digits": ["data=digits"]}},
+    },
+    "paper": {
+        "seeds": [0, 1, 2],
+        "overrides": [],
+        "factors": {"dataset": {"cars": ["data=cars"], "dogs": ["data=dogs"]}},
+    },
+    "published": {
+        "source": "toy source",
+        "values": [
+            {"method": "softmax", "dataset": "cars", "value": 85.85},
+            {"method": "semihard", "dataset": "cars", "value": 88.22},
+        ],
+    },
+}
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    return path
+
+
+def test_summary_is_mean_and_sample_std() -> None:
+    values = [0.91, 0.87, 0.95, 0.89]
+    s = T.summarize(values)
+    assert s.mean == pytest.approx(np.mean(values))
+    assert s.std == pytest.approx(np.std(values, ddof=1))
+    one = T.summarize([0.5], expected=3)
+    assert one.mean == 0.5 and one.std is None and one.n == 1 and one.expected == 3
+    assert T.summarize([]).mean is None
+
+
+def test_spec_table_statistics_paper_diff_and_missing(tmp_path: Path, spec_file: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    accs = {0: 0.80, 1: 0.84, 2: 0.90}
+    # softmax on cars: three finished seeds
+    for seed, acc in accs.items():
+        make_run(runs_dir, f"sm{seed}", ["regularizer=none", "data=cars"], seed, {"test/acc": acc})
+    # semi-hard on cars: seed 0 finished, seed 1 crashed (no metrics.json), seed 2 never ran;
+    # a lambda=0.5 run (extra override) and an unlisted seed must not leak into the cell.
+    sh = ["data=cars", "miner=semihard", "regularizer=triplet"]
+    make_run(runs_dir, "sh0", sh, 0, {"test/acc": 0.70})
+    make_run(runs_dir, "sh1", sh, 1, None)
+    make_run(runs_dir, "shw", sh + ["regularizer.weight=0.5"], 2, {"test/acc": 0.99})
+    make_run(runs_dir, "sh7", sh, 7, {"test/acc": 0.10})
+
+    spec = T.load_spec(spec_file, "paper")
+    table = T.build_spec_table(spec, T.find_runs([runs_dir]))
+    (panel,) = table.panels
+    assert panel.row_labels == ["Softmax", "semihard"]
+    assert panel.column_labels == ["cars", "dogs"]
+
+    softmax_cars = panel.entries[(0, 0)]
+    mean, std = softmax_cars.ours()
+    ref = [100 * a for a in accs.values()]
+    assert mean == pytest.approx(statistics.fmean(ref))
+    assert std == pytest.approx(statistics.stdev(ref))
+    assert softmax_cars.paper == 85.85
+    assert softmax_cars.diff == pytest.approx(statistics.fmean(ref) - 85.85)
+
+    semihard_cars = panel.entries[(1, 0)]
+    assert semihard_cars.summary.values == [0.70]  # only the finished, listed seed
+    assert semihard_cars.summary.n == 1 and semihard_cars.summary.expected == 3
+    assert semihard_cars.ours() == (pytest.approx(70.0), None)
+    assert semihard_cars.diff == pytest.approx(70.0 - 88.22)
+
+    dogs = panel.entries[(0, 1)]
+    assert dogs.summary.values == [] and dogs.ours() == (None, None)
+    assert dogs.paper is None and dogs.diff is None  # not transcribed: never invented
+
+    text = "\n".join(table.missing)
+    assert "seed 1: no metrics.json" in text and "seed 2: no run dir" in text
+    assert "Softmax / dogs" in text
+    md = T.render_markdown([table])
+    assert "| Softmax | 84.67 ± 5.03 | 85.85 | -1.18 | missing |  |  |" in md
+    assert "70.00 (n=1/3)" in md
+    assert "seeds 0, 1, 2; backbone config default; 4/12 runs finished" in md
+    assert "accelerator=cpu" in table.ran
+
+
+def test_ignored_overrides_do_not_split_cells(tmp_path: Path, spec_file: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    base = ["regularizer=none", "data=digits", "trainer.max_epochs=3"]
+    make_run(runs_dir, "a", base + ["data.root=/x", "logger=wandb"], 0, {"test/acc": 0.5})
+    make_run(runs_dir, "b", base + ["trainer.devices=2"], 1, {"test/acc": 0.7})
+    spec = T.load_spec(spec_file, "smoke")
+    without = T.build_spec_table(spec, T.find_runs([runs_dir]))
+    assert without.panels[0].entries[(0, 0)].summary.values == [0.5]
+    with_ignore = T.build_spec_table(spec, T.find_runs([runs_dir]), ["trainer.devices=2"])
+    assert sorted(with_ignore.panels[0].entries[(0, 0)].summary.values) == [0.5, 0.7]
+    # smoke scale has no published values
+    assert with_ignore.panels[0].entries[(0, 0)].paper is None
+    assert "no published values at smoke scale" in with_ignore.paper_note
+
+
+def test_generic_table_groups_by_config_less_seed(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for seed, acc in enumerate([0.6, 0.8]):
+        make_run(root, f"w1_{seed}", [], seed, {"test/acc": acc}, regularizer__weight=1.0)
+    make_run(root, "w2_0", [], 0, {"test/acc": 0.9, "test/nmi": 0.5}, regularizer__weight=2.0)
+    make_run(root, "w2_1", [], 1, None, regularizer__weight=2.0)
+    table = T.build_generic_table(T.find_runs([root]), ["test/acc", "test/nmi"])
+    (panel,) = table.panels
+    rows = dict(zip(panel.row_labels, range(len(panel.row_labels)), strict=True))
+    assert set(rows) == {"regularizer.weight=1.0", "regularizer.weight=2.0"}
+    w1 = panel.entries[(rows["regularizer.weight=1.0"], 0)]
+    assert w1.ours() == (pytest.approx(70.0), pytest.approx(100 * np.std([0.6, 0.8], ddof=1)))
+    w2 = panel.entries[(rows["regularizer.weight=2.0"], 1)]
+    assert w2.summary.values == [0.5] and w2.summary.expected == 2
+    assert len(table.missing) == 1 and "w2_1" in table.missing[0]
+    assert "4 run dirs (3 finished)" in table.ran
+    (single,) = T.find_runs([root / "w1_1"])  # a --runs DIR may also be one run
+    assert single.seed == 1 and single.metrics == {"test/acc": 0.8}
+
+
+def test_csv_and_latex_carry_the_same_numbers(tmp_path: Path, spec_file: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    for seed, acc in enumerate([0.8, 0.9, 0.85]):
+        make_run(runs_dir, f"r{seed}", ["regularizer=none", "data=cars"], seed, {"test/acc": acc})
+    table = T.build_spec_table(T.load_spec(spec_file, "paper"), T.find_runs([runs_dir]))
+    rows = list(csv.DictReader(io.StringIO(T.render_csv([table]))))
+    assert len(rows) == 4  # 2 methods x 2 datasets
+    first = rows[0]
+    assert (first["row"], first["column"], first["metric"]) == ("Softmax", "cars", "test/acc")
+    assert float(first["mean"]) == pytest.approx(85.0)
+    assert float(first["std"]) == pytest.approx(5.0)
+    assert float(first["paper"]) == 85.85 and float(first["diff"]) == pytest.approx(-0.85)
+    assert first["n"] == "3" and first["n_expected"] == "3"
+    assert rows[1]["mean"] == "" and "no run dir" in rows[1]["missing"]
+    tex = T.render_latex([table])
+    assert "\\toprule" in tex and "85.00 $\\pm$ 5.00 & 85.85 & -0.85" in tex
+    assert T._tex("λ_1 & 5% {x} ~ \\") == (
+        r"$\lambda$\_1 \& 5\% \{x\} \textasciitilde{} \textbackslash{}"
+    )
+
+
+def test_cli_writes_three_files_atomically(tmp_path: Path, spec_file: Path, capsys) -> None:
+    runs_dir = tmp_path / "runs"
+    make_run(runs_dir, "r0", ["regularizer=none", "data=digits", "trainer.max_epochs=3"], 0,
+             {"test/acc": 0.9})  # fmt: skip
+    out = tmp_path / "out"
+    assert T.main(["--runs", str(runs_dir), "--out", str(out), "--spec", str(spec_file)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tables.csv", "tables.md", "tables.tex"]
+    assert "90.00 (n=1/2)" in (out / "tables.md").read_text()
+    # generic mode over the same dirs
+    assert T.main(["--runs", str(runs_dir), "--out", str(out)]) == 0
+    assert "Runs grouped by configuration" in (out / "tables.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        T.main(["--runs", str(tmp_path / "nope"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--runs" in capsys.readouterr().err
+
+
+def test_user_errors_name_the_file(tmp_path: Path, spec_file: Path) -> None:
+    bad = dict(SPEC, layout={"rows": "nope", "columns": "dataset"})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="bad.yaml: layout.rows"):
+        T.load_spec(path, "smoke")
+    typo = dict(SPEC, published={"values": [{"method": "softmaxx", "dataset": "cars", "value": 1}]})
+    path.write_text(yaml.safe_dump(typo))
+    with pytest.raises(ConfigError, match="method=softmaxx"):
+        T.load_spec(path, "paper")
+    run = make_run(tmp_path / "runs", "r", [], 0, None)
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(DataError, match="metrics.json is not valid JSON"):
+        T.find_runs([tmp_path / "runs"])
+
+
+def test_project_specs_load_and_share_runs() -> None:
+    names = {p.stem for p in SPECS}
+    assert names == {"classification", "imbalanced", "retrieval", "lambda_ablation"}
+    for path in SPECS:
+        for scale in T.SCALES:
+            spec = T.load_spec(path, scale)
+            assert spec.cells() and len(spec.seeds) >= (2 if scale == "smoke" else 1)
+    by_name = {p.stem: p for p in SPECS}
+    for scale in T.SCALES:
+        cls = {c.key for c in T.load_spec(by_name["classification"], scale).cells()}
+        ret = {c.key for c in T.load_spec(by_name["retrieval"], scale).cells()}
+        assert ret == cls  # retrieval reads the classification runs
+        lam = T.load_spec(by_name["lambda_ablation"], scale)
+        one = next(c for c in lam.cells() if c.level("lambda").key == "1.0")
+        zero = next(c for c in lam.cells() if c.level("lambda").key == "0")
+        assert one.key in cls and zero.key in cls  # λ = 1 and λ = 0 rows are shared
+
+
+def test_project_published_numbers_are_the_transcribed_ones() -> None:
+    spec = T.load_spec(REPO / "experiments" / "tables" / "classification.yaml", "paper")
+    metric = spec.metrics[0]
+    got = {
+        (c.level("backbone").key, c.level("method").key, c.level("dataset").key): v
+        for c in spec.cells()
+        if (v := spec.published_value(c, metric)) is not None
+    }
+    assert len(got) == 20 and {k[0] for k in got} == {"resnet50"}
+    assert got[("resnet50", "softmax", "cars")] == 85.85
+    assert got[("resnet50", "hard", "aircraft")] == 87.33
+    assert got[("resnet50", "center", "nabirds")] == 65.50
+    for other in ("imbalanced", "retrieval", "lambda_ablation"):
+        s = T.load_spec(REPO / "experiments" / "tables" / f"{other}.yaml", "paper")
+        assert s.published == [] and "not transcribed" in s.source
+
+
+def test_wandb_offline_table(tmp_path: Path, spec_file: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    runs_dir = tmp_path / "runs"
+    make_run(runs_dir, "r0", ["regularizer=none", "data=cars"], 0, {"test/acc": 0.9})
+    table = T.build_spec_table(T.load_spec(spec_file, "paper"), T.find_runs([runs_dir]))
+    run_dir = Path(T.log_wandb([table], name="test"))
+    (logged,) = list(run_dir.rglob("*.table.json"))
+    data = json.loads(logged.read_text())
+    assert data["columns"] == list(T.CSV_FIELDS)
+    assert data["data"][0][:6] == ["toy", "", "Softmax", "cars", "test/acc", 90.0]
