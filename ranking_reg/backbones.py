@@ -15,7 +15,9 @@ cores in a minute (the embedded digits default).
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -95,6 +97,22 @@ def _pretrained_error(name: str, tag: str, error: Exception) -> ConfigError:
     )
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or ``HF_ENDPOINT``) accepts a TCP connection.
+
+    Without this probe huggingface_hub retries an unreachable host for ~50 s per weight file.
+    """
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _timm_model(
     name: str, tag: str | None, pretrained: bool, weights_file: str | None
 ) -> nn.Module:
@@ -110,6 +128,11 @@ def _timm_model(
             )
         kwargs["pretrained_cfg_overlay"] = {"file": weights_file}
         pretrained = True
+    if pretrained and weights_file is None and not _hub_reachable():
+        # Offline: use the local cache only, and fail at once when the weights are not in it.
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
     try:
         return timm.create_model(tag, pretrained=pretrained, **kwargs)
     except RuntimeError as error:

@@ -54,7 +54,10 @@ def format_user_error(error: UserError) -> str:
     if not isinstance(error, (ConfigError, DataError)):
         kind = "error"
     text = _message(error)
-    return textwrap.fill(f"ranking_reg {kind}: {text}", width=100)
+    # never split a path or a command across lines
+    return textwrap.fill(
+        f"ranking_reg {kind}: {text}", width=100, break_on_hyphens=False, break_long_words=False
+    )
 
 
 def exit_with_user_error(error: UserError) -> None:

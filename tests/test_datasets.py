@@ -421,18 +421,17 @@ def test_csv_errors_name_the_files(tmp_path):
 # -- conf/data/*.yaml -----------------------------------------------------------------------------
 
 CONF = os.path.join(os.path.dirname(__file__), os.pardir, "conf")
-DATAMODULE_KEYS = {
-    "_target_",
-    "name",
-    "root",
-    "batch_size",
-    "samples_per_class",
-    "img_size",
-    "resize_size",
-    "num_workers",
-    "imbalance_ratio",
-    "val_fraction",
-}
+def _datamodule_keys() -> set[str]:
+    """The FGVRDataModule's own arguments; every other data key goes to the parser."""
+    import inspect
+
+    from ranking_reg.data import FGVRDataModule
+
+    params = inspect.signature(FGVRDataModule.__init__).parameters
+    return {"_target_"} | {n for n in params if n not in ("self", "dataset_options")}
+
+
+DATAMODULE_KEYS = _datamodule_keys()
 
 
 @pytest.mark.parametrize(

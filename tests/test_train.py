@@ -139,3 +139,78 @@ def test_ddp_on_two_cpu_processes_trains_and_tests(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     _check_metrics(metrics)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def _flowers_overrides(root) -> list[str]:
+    # 4 classes x 2 train images: P x K = 2 x 2, half of train held out for validation
+    return [
+        *TINY,
+        "data=flowers102",
+        f"data.root={root}",
+        "data.img_size=32",
+        "data.batch_size=4",
+        "data.samples_per_class=2",
+        "data.val_fraction=0.5",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+    ]
+
+
+@pytest.mark.slow
+def test_train_runs_on_a_flowers102_tree_in_the_published_layout(tmp_path):
+    from dataset_fixtures import make_flowers102
+
+    make_flowers102(str(tmp_path / "data"), n_classes=4, per_class=6)
+    out = tmp_path / "run"
+    result = run_cli(
+        "ranking_reg.train", *_flowers_overrides(tmp_path / "data"), f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    _check_metrics(metrics)
+    # the 16 test images of the fixture (6 per class, 2 of them in train) are all evaluated
+    saved = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    assert saved["data"]["name"] == "flowers102"
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_ends_in_one_paragraph_naming_the_file(tmp_path):
+    from dataset_fixtures import make_flowers102
+
+    make_flowers102(str(tmp_path / "data"), n_classes=4, per_class=6)
+    broken = tmp_path / "data" / "flowers-102" / "jpg" / "image_00003.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated JPEG
+    out = tmp_path / "run"
+    overrides = [*_flowers_overrides(tmp_path / "data"), "data.val_fraction=0.5"]
+    result = run_cli("ranking_reg.train", *overrides, f"hydra.run.dir={out}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "ranking_reg data error:" in message and "image_00003.jpg" in message
+    assert "data.skip_corrupt=true" in message
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_missing_dataset_folder_names_the_prepare_command(tmp_path):
+    result = run_cli(
+        "ranking_reg.train",
+        *TINY,
+        "data=dogs",
+        f"data.root={tmp_path}",
+        f"hydra.run.dir={tmp_path}/r",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "python -m ranking_reg.data.prepare dogs" in message
+    assert "stanford_dogs" in message
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_without_an_account(tmp_path):
+    env_free = run_cli("ranking_reg.train", *TINY, "logger=wandb", f"hydra.run.dir={tmp_path}")
+    assert env_free.returncode == 0, env_free.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb"))  # the metrics, uploaded later by `wandb sync`
+    assert (tmp_path / "metrics.json").is_file()

@@ -88,10 +88,13 @@ class FGVRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_dataset is not None:
             return
-        from ranking_reg.data.registry import build_dataset
+        from ranking_reg.data.registry import accepted_options, build_dataset
 
-        train_base = build_dataset(self.name, self.root, "train", **self.dataset_options)
-        test_base = build_dataset(self.name, self.root, "test", **self.dataset_options)
+        options = dict(self.dataset_options)
+        if "split_seed" in (accepted_options(self.name) or []):
+            options["split_seed"] = self.split_seed  # folder/csv: their train/test split
+        train_base = build_dataset(self.name, self.root, "train", **options)
+        test_base = build_dataset(self.name, self.root, "test", **options)
         if list(train_base.classes) != list(test_base.classes):
             raise ConfigError(
                 f"data={self.name}: the train and test splits list different classes; check the"

@@ -127,8 +127,8 @@ class ImageListDataset(Dataset):
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DataError(
                 f"image file {path} is corrupt or truncated and cannot be decoded ({error}); "
-                "replace the file, delete it from the list, or set the option "
-                "skip_corrupt=true to skip unreadable images with a warning."
+                "replace the file, delete it from the list, or set "
+                "data.skip_corrupt=true to skip unreadable images with a warning."
             ) from error
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
