@@ -421,6 +421,8 @@ def test_csv_errors_name_the_files(tmp_path):
 # -- conf/data/*.yaml -----------------------------------------------------------------------------
 
 CONF = os.path.join(os.path.dirname(__file__), os.pardir, "conf")
+
+
 def _datamodule_keys() -> set[str]:
     """The FGVRDataModule's own arguments; every other data key goes to the parser."""
     import inspect
