@@ -8,6 +8,7 @@ stage's transform. Views keep the torchvision ImageFolder attributes (``samples`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,8 +62,8 @@ def stratified_split(
 ) -> tuple[list[int], list[int]]:
     """Split indices into (kept, held_out) with ``fraction`` of each class held out.
 
-    Per class, ``round(fraction * n)`` images are held out, but never the last one: a class with a
-    single image stays entirely in the kept part. Seeded, independent of the run seed.
+    Per class, ``floor(fraction * n + 0.5)`` images are held out, but never the last one: a class
+    with a single image stays entirely in the kept part. Seeded, independent of the run seed.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
@@ -73,7 +74,7 @@ def stratified_split(
     for label in np.unique(targets_array):
         members = np.flatnonzero(targets_array == label)
         rng.shuffle(members)
-        n_held = min(int(round(fraction * len(members))), len(members) - 1)
+        n_held = min(math.floor(fraction * len(members) + 0.5), len(members) - 1)
         held.extend(members[:n_held].tolist())
         kept.extend(members[n_held:].tolist())
     return sorted(kept), sorted(held)

@@ -3,7 +3,6 @@ one-paragraph errors for missing or inconsistent data."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -120,22 +119,17 @@ def stratified_split(
 ) -> list[tuple[str, int]]:
     """A fixed per-class train/test split for data that ships without one.
 
-    Each class's images (sorted by path) are shuffled with ``seed``; ``floor(n * test_fraction + 0.5)``
-    go to test, but a class always keeps at least one training image. Deterministic for a seed.
+    The samples, sorted by path, are split by :func:`ranking_reg.data.splits.stratified_split`
+    (per class, ``floor(n * test_fraction + 0.5)`` images go to test, a class always keeps at least
+    one training image; seeded, deterministic).
     """
+    from ranking_reg.data.splits import stratified_split as split_indices
+
     if not 0.0 <= float(test_fraction) < 1.0:
         from ranking_reg.errors import ConfigError
 
         raise ConfigError(f"option test_fraction must lie in [0, 1), got {test_fraction!r}.")
-    by_class: dict[int, list[str]] = {}
-    for path, label in sorted(samples):
-        by_class.setdefault(label, []).append(path)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in sorted(by_class):
-        paths = by_class[label]
-        order = rng.permutation(len(paths))
-        n_test = min(math.floor(len(paths) * test_fraction + 0.5), len(paths) - 1)
-        test_idx = set(order[:n_test].tolist())
-        chosen += [(p, label) for i, p in enumerate(paths) if (i in test_idx) == (split == "test")]
+    ordered = sorted(samples)
+    kept, held = split_indices([label for _, label in ordered], float(test_fraction), seed)
+    chosen = [ordered[i] for i in (held if split == "test" else kept)]
     return sorted(chosen, key=lambda s: (s[1], s[0]))
