@@ -15,7 +15,6 @@ rank 0 draws; the sanity-check pass is skipped.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,6 +24,7 @@ from PIL import Image
 
 from ranking_reg import plots
 from ranking_reg.errors import ConfigError
+from ranking_reg.io_utils import atomic_writer
 
 PLOT_NAMES = plots.PLOT_NAMES
 
@@ -98,17 +98,8 @@ def render_plots(
 
 def save_png(image: Image.Image, path: str) -> None:
     """Write ``image`` to ``path`` whole or not at all (a temp file in its folder, renamed)."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, "wb") as handle:
+        image.save(handle, format="PNG")
 
 
 class PlotCallback(pl.Callback):

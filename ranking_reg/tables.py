@@ -34,7 +34,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 import yaml
 
 from ranking_reg.errors import ConfigError, DataError, UserError, exit_with_user_error
+from ranking_reg.io_utils import write_text_atomic
 
 SCALES = ("smoke", "paper")
 DEFAULT_METRICS = ("test/acc", "test/macro_acc", "test/recall@1", "test/nmi")
@@ -698,17 +698,8 @@ def render_latex(tables: Sequence[Table]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write whole or not at all: a temp file in the same dir, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write whole or not at all (see :mod:`ranking_reg.io_utils`)."""
+    write_text_atomic(path, text)
 
 
 def write_tables(tables: Sequence[Table], out: str | os.PathLike[str]) -> dict[str, Path]:

@@ -22,14 +22,12 @@ best of interleaved repeats.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 
 import numpy as np
 import torch
 
+from ranking_reg.io_utils import write_json_atomic
 from ranking_reg.metrics import retrieval_metrics
 
 FULL = {"n": 24_633, "classes": 555, "dim": 256}  # NABirds' test split
@@ -146,14 +144,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(rows: list[dict], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(rows, f, indent=2)
-    os.replace(f.name, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small set (N=1,200) only")
@@ -165,7 +155,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {rows[0]['threads']} threads, CPU\n")
     print(markdown_table(rows))
     if args.out:
-        _write_json(rows, args.out)
+        write_json_atomic(args.out, rows)
 
 
 if __name__ == "__main__":

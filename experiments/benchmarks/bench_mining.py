@@ -18,10 +18,7 @@ with ours and PML alternating within each repeat so that outside load hits both 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -29,6 +26,7 @@ import torch
 from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import BatchHardMiner, TripletMarginMiner
 
+from ranking_reg.io_utils import write_json_atomic
 from ranking_reg.losses import batch_hard_triplet_loss, semihard_triplet_loss
 
 EMBEDDING_DIM = 256
@@ -137,15 +135,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(rows: list[dict], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(rows, f, indent=2)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; this is an ordinary result file
-    os.replace(f.name, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes only")
@@ -158,7 +147,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
     print(markdown_table(rows))
     if args.out:
-        _write_json(rows, args.out)
+        write_json_atomic(args.out, rows)
 
 
 if __name__ == "__main__":

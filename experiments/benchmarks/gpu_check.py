@@ -20,7 +20,6 @@ GPU; without ``--cpu`` and without CUDA it stops with one clear paragraph.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 from experiments.benchmarks import bench_input
 from experiments.benchmarks.bench_two_head import VARIANTS, measure, synthetic_batches
 from ranking_reg.errors import ConfigError, report_user_errors
+from ranking_reg.io_utils import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 STARVED_BELOW = 0.9  # real-input throughput / synthetic throughput under which the GPU waits
@@ -317,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, device_name))
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as f:
-            json.dump({"device": device_name, "rows": rows}, f, indent=2, default=str)
-        os.replace(f.name, args.out)
+        write_json_atomic(args.out, {"device": device_name, "rows": rows})
     smoke_failed = any(r["check"] == "ddp smoke" and r.get("ok") is False for r in rows)
     return 1 if smoke_failed else 0
 

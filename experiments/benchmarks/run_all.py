@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ranking_reg.errors import ConfigError, report_user_errors
+from ranking_reg.io_utils import write_text_atomic
 
 BENCHES: dict[str, tuple[str, str]] = {
     "two_head": (
@@ -154,15 +154,6 @@ def targets_table(targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
-    ) as f:
-        f.write(text)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; these are ordinary results
-    os.replace(f.name, path)
-
-
 def run_all(out: Path, quick: bool = False, only: str | None = None) -> tuple[dict, str]:
     """Run the selected benches, write ``out/bench.json`` and ``out/bench.md``; return both."""
     names = _select(only)
@@ -196,8 +187,8 @@ def run_all(out: Path, quick: bool = False, only: str | None = None) -> tuple[di
         "targets": targets,
         "rows": [row for b in benches.values() for row in b["rows"]],
     }
-    _write_atomic(out / "bench.json", json.dumps(report, indent=2, default=str) + "\n")
-    _write_atomic(out / "bench.md", markdown)
+    write_text_atomic(out / "bench.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / "bench.md", markdown)
     return report, markdown
 
 
