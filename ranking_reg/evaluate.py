@@ -52,7 +52,8 @@ def evaluate(cfg: DictConfig, data_from_checkpoint: bool = True) -> dict[str, fl
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(data_cfg)
     datamodule.setup("test")
-    model = RankingRegModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+    model = RankingRegModule(**hparams)  # the checkpoint is already in memory: no second read
+    model.load_state_dict(checkpoint["state_dict"])
     if datamodule.num_classes != model.num_classes:
         # another dataset: only the embedding can be evaluated
         model.num_classes = datamodule.num_classes
