@@ -14,6 +14,7 @@ rank 0 draws; the sanity-check pass is skipped.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -96,10 +97,13 @@ def render_plots(
     return images
 
 
-def save_png(image: Image.Image, path: str) -> None:
-    """Write ``image`` to ``path`` whole or not at all (a temp file in its folder, renamed)."""
-    with atomic_writer(path, "wb") as handle:
-        image.save(handle, format="PNG")
+def save_png(image: Image.Image, *paths: str) -> None:
+    """Encode ``image`` once and write it to each of ``paths`` whole or not at all."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    for path in paths:
+        with atomic_writer(path, "wb") as handle:
+            handle.write(encoded.getvalue())
 
 
 class PlotCallback(pl.Callback):
@@ -178,10 +182,12 @@ class PlotCallback(pl.Callback):
             rank_zero_warn(f"PlotCallback: drawing the {stage} pictures failed: {error!r}")
             return
         for name, image in images.items():
-            for suffix in (f"epoch{trainer.current_epoch:03d}", "latest"):
-                path = os.path.join(self.plots_dir, f"{stage}_{name}_{suffix}.png")
-                save_png(image, path)
-                self.written.append(path)
+            paths = [
+                os.path.join(self.plots_dir, f"{stage}_{name}_{suffix}.png")
+                for suffix in (f"epoch{trainer.current_epoch:03d}", "latest")
+            ]
+            save_png(image, *paths)
+            self.written.extend(paths)
             log_image(trainer, f"{stage}/{name}", image)
 
 
