@@ -352,6 +352,23 @@ class TinyData(pl.LightningDataModule):
         return self.dataset
 
 
+def tiny_trainer(
+    root, callback, logger=False, max_epochs: int = 1, num_sanity_val_steps: int = 0
+) -> pl.Trainer:
+    """A quiet CPU Trainer around one PlotCallback (shared with test_wandb.py)."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        num_sanity_val_steps=num_sanity_val_steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        accelerator="cpu",
+        default_root_dir=str(root),
+    )
+
+
 def fit_tiny(tmp_path, every_n_epochs: int = 1):
     callback = PlotCallback(
         str(tmp_path / "plots"),
@@ -360,17 +377,7 @@ def fit_tiny(tmp_path, every_n_epochs: int = 1):
         n_neighbors=3,
         thumb_size=16,
     )
-    trainer = pl.Trainer(
-        max_epochs=2,
-        num_sanity_val_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
+    trainer = tiny_trainer(tmp_path, callback, max_epochs=2, num_sanity_val_steps=1)
     module, data = TinyModule(), TinyData()
     trainer.fit(module, datamodule=data)
     return trainer, module, data, callback
@@ -430,17 +437,7 @@ def test_callback_logs_pictures_to_tensorboard(tmp_path):
 
     logger = TensorBoardLogger(str(tmp_path / "tb"), name=None, version="")
     callback = PlotCallback(str(tmp_path / "plots"), n_queries=4, n_neighbors=3, thumb_size=16)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        num_sanity_val_steps=0,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
+    trainer = tiny_trainer(tmp_path, callback, logger=logger)
     trainer.fit(TinyModule(), datamodule=TinyData())
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})

@@ -377,25 +377,14 @@ def test_hydra_multirun_jobs_are_separate_runs_in_one_group(wandb_tmp, monkeypat
 
 # -- pictures in W&B ----------------------------------------------------------------------------
 def test_plot_callback_logs_pictures_to_wandb(wandb_tmp):
-    import lightning.pytorch as pl
     from lightning.pytorch.loggers import WandbLogger
-    from test_plots import TinyData, TinyModule
+    from test_plots import TinyData, TinyModule, tiny_trainer
 
     from ranking_reg.plot_callback import PLOT_NAMES, PlotCallback
 
     logger = WandbLogger(project="ranking_reg", save_dir=str(wandb_tmp), offline=True)
     callback = PlotCallback(str(wandb_tmp / "plots"), n_queries=4, n_neighbors=3, thumb_size=16)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        num_sanity_val_steps=0,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        accelerator="cpu",
-        default_root_dir=str(wandb_tmp),
-    )
+    trainer = tiny_trainer(wandb_tmp, callback, logger=logger)
     try:
         trainer.fit(TinyModule(), datamodule=TinyData())
         run_dir = logger.experiment.dir
