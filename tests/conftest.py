@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "ranking_reg" / "conf"
 # Small enough to finish in seconds on 2 CPU cores.
 TINY = [
     "trainer.max_epochs=1",

@@ -19,7 +19,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments.benchmarks import bench_input, bench_two_head, gpu_check, run_all  # noqa: E402
-from ranking_reg.errors import ConfigError  # noqa: E402
+from ranking_reg.utils.errors import ConfigError  # noqa: E402
 
 
 def _positive_finite(value) -> bool:

@@ -20,7 +20,7 @@ from ranking_reg.data.registry import (
     dataset_names,
     register_dataset,
 )
-from ranking_reg.errors import ConfigError, DataError
+from ranking_reg.utils.errors import ConfigError, DataError
 
 torch.set_num_threads(1)
 
@@ -420,7 +420,7 @@ def test_csv_errors_name_the_files(tmp_path):
 
 # -- conf/data/*.yaml -----------------------------------------------------------------------------
 
-CONF = os.path.join(os.path.dirname(__file__), os.pardir, "conf")
+CONF = os.path.join(os.path.dirname(__file__), os.pardir, "ranking_reg", "conf")
 
 
 def _datamodule_keys() -> set[str]:

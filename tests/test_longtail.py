@@ -11,7 +11,7 @@ import pytest
 
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.longtail import class_counts, longtail_indices, longtail_profile
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 
 def reference_counts(n_max: int, n_classes: int, ratio: float) -> list[int]:

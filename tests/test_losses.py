@@ -14,8 +14,8 @@ from pytorch_metric_learning.reducers import MeanReducer
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ranking_reg import losses
-from ranking_reg.errors import ConfigError
+from ranking_reg.losses import triplet as losses
+from ranking_reg.utils.errors import ConfigError
 from ranking_reg.losses import (
     CenterLoss,
     SemiHardMiner,

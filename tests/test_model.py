@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ranking_reg.backbones import build_backbone
-from ranking_reg.errors import ConfigError
-from ranking_reg.model import TwoHeadNet
+from ranking_reg.models.backbones import build_backbone
+from ranking_reg.utils.errors import ConfigError
+from ranking_reg.models.two_head import TwoHeadNet
 
 
 @pytest.mark.parametrize(

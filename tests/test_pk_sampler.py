@@ -8,7 +8,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from ranking_reg.data.pk_sampler import PKBatchSampler
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 
 def _targets(sizes):

@@ -1,4 +1,4 @@
-"""The evaluation pictures (ranking_reg.plots) and the PlotCallback that draws them."""
+"""The evaluation pictures (ranking_reg.reporting.plots) and the PlotCallback that draws them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ranking_reg import plots
-from ranking_reg.errors import ConfigError
-from ranking_reg.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
+from ranking_reg.reporting import plots
+from ranking_reg.utils.errors import ConfigError
+from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
 
 torch.set_num_threads(1)
 
@@ -384,7 +384,7 @@ def fit_tiny(tmp_path, every_n_epochs: int = 1):
 
 
 def test_callback_draws_after_the_module_hook_each_epoch_and_at_test(tmp_path, monkeypatch):
-    import ranking_reg.plot_callback as plot_callback
+    import ranking_reg.lightning.plot_callback as plot_callback
 
     drawn = []
 

@@ -16,7 +16,7 @@ import pytest
 
 from ranking_reg.data import prepare as prep
 from ranking_reg.data.registry import build_dataset
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 
 def make_tar(path: str, source_dir: str, arcname: str = "", mode: str = "w:gz") -> str:

@@ -12,9 +12,9 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.reducers import MeanReducer
 
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 from ranking_reg.losses import SemiHardMiner, batch_hard_triplet_loss, semihard_triplet_loss
-from ranking_reg.regularizers import (
+from ranking_reg.losses.regularizers import (
     CenterRegularizer,
     NoRegularizer,
     TripletRegularizer,
@@ -121,7 +121,7 @@ def _ddp_worker(rank, world, port, embeddings, labels, miner_name, queue):
         reg = TripletRegularizer(margin=0.2, miner=build_miner(miner_name), cross_device=True)
         out = reg(local, local_labels)
         out.loss.backward()
-        from ranking_reg import distributed
+        from ranking_reg.utils import distributed
 
         gathered = distributed.gather_with_local_grad(local.detach())
         gathered_labels = distributed.gather_with_local_grad(local_labels)

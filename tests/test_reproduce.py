@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranking_reg import reproduce as R
-from ranking_reg import tables as T
+from ranking_reg.reporting import reproduce as R
+from ranking_reg.reporting import tables as T
 
 # A stand-in for ranking_reg.train: a real Hydra app with the same config groups and outputs
 # (.hydra/*, metrics.json), whose accuracy is a known function of the config and seed. It logs

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from ranking_reg import tables as T
-from ranking_reg.errors import ConfigError, DataError
+from ranking_reg.reporting import tables as T
+from ranking_reg.utils.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SPECS = sorted((REPO / "experiments" / "tables").glob("*.yaml"))
+SPECS = sorted((REPO / "ranking_reg" / "reporting" / "specs").glob("*.yaml"))
 
 
 def make_run(root: Path, name: str, overrides: list[str], seed: int, metrics: dict | None, **cfg):
@@ -241,7 +241,9 @@ def test_project_specs_load_and_share_runs() -> None:
 
 
 def test_project_published_numbers_are_the_transcribed_ones() -> None:
-    spec = T.load_spec(REPO / "experiments" / "tables" / "classification.yaml", "paper")
+    spec = T.load_spec(
+        REPO / "ranking_reg" / "reporting" / "specs" / "classification.yaml", "paper"
+    )
     metric = spec.metrics[0]
     got = {
         (c.level("backbone").key, c.level("method").key, c.level("dataset").key): v
@@ -253,7 +255,7 @@ def test_project_published_numbers_are_the_transcribed_ones() -> None:
     assert got[("resnet50", "hard", "aircraft")] == 87.33
     assert got[("resnet50", "center", "nabirds")] == 65.50
     for other in ("imbalanced", "retrieval", "lambda_ablation"):
-        s = T.load_spec(REPO / "experiments" / "tables" / f"{other}.yaml", "paper")
+        s = T.load_spec(REPO / "ranking_reg" / "reporting" / "specs" / f"{other}.yaml", "paper")
         assert s.published == [] and "not transcribed" in s.source
 
 

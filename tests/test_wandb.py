@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ranking_reg import wandb_utils
-from ranking_reg.wandb_utils import (
+from ranking_reg.integrations import wandb_utils
+from ranking_reg.integrations.wandb_utils import (
     finish_wandb,
     has_api_key,
     register_resolvers,
@@ -28,7 +28,7 @@ from ranking_reg.wandb_utils import (
 )
 
 torch.set_num_threads(1)
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "ranking_reg" / "conf"
 
 
 def cfg(**over):
@@ -380,7 +380,7 @@ def test_plot_callback_logs_pictures_to_wandb(wandb_tmp):
     from lightning.pytorch.loggers import WandbLogger
     from test_plots import TinyData, TinyModule, tiny_trainer
 
-    from ranking_reg.plot_callback import PLOT_NAMES, PlotCallback
+    from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback
 
     logger = WandbLogger(project="ranking_reg", save_dir=str(wandb_tmp), offline=True)
     callback = PlotCallback(str(wandb_tmp / "plots"), n_queries=4, n_neighbors=3, thumb_size=16)
@@ -407,7 +407,7 @@ def test_plot_callback_logs_pictures_to_wandb(wandb_tmp):
 
 # -- dashboard ----------------------------------------------------------------------------------
 def test_dashboard_spec_has_the_sweep_panels():
-    from ranking_reg.dashboard import build_workspace, workspace_spec
+    from ranking_reg.integrations.dashboard import build_workspace, workspace_spec
 
     spec = workspace_spec(build_workspace("ranking_reg", "me", group="multirun/sweep"))
     assert spec["entity"] == "me" and spec["project"] == "ranking_reg"
@@ -437,7 +437,7 @@ def test_dashboard_spec_has_the_sweep_panels():
 
 
 def test_dashboard_refuses_without_login(no_credentials, capsys):
-    from ranking_reg import dashboard
+    from ranking_reg.integrations import dashboard
 
     with pytest.raises(SystemExit) as exit_info:
         dashboard.main(["--project", "p", "--entity", "me"])

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from ranking_reg.io_utils import write_json_atomic
+from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.metrics import retrieval_metrics
 
 FULL = {"n": 24_633, "classes": 555, "dim": 256}  # NABirds' test split

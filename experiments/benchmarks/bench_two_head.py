@@ -5,7 +5,7 @@ GPU. Both variants share the backbone architecture, the batch and the optimizer 
 0.9); one step = forward, loss, backward, ``optimizer.step()``:
 
 - softmax only: backbone -> GAP -> fc -> cross-entropy (:class:`SoftmaxOnly`);
-- two-head: :class:`ranking_reg.model.TwoHeadNet` (GAP -> fc, flatten -> fc(256) -> L2) with
+- two-head: :class:`ranking_reg.models.two_head.TwoHeadNet` (GAP -> fc, flatten -> fc(256) -> L2) with
   cross-entropy + 1.0 x :func:`ranking_reg.losses.semihard_triplet_loss` (margin 0.2).
 
 Steps alternate A B, B A, A B ... after a warm-up; ``ratio`` is the median over the pairs of
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranking_reg.backbones import build_backbone
+from ranking_reg.models.backbones import build_backbone
 from ranking_reg.losses import semihard_triplet_loss
-from ranking_reg.model import TwoHeadNet
+from ranking_reg.models.two_head import TwoHeadNet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 VARIANTS = ("softmax", "two_head")

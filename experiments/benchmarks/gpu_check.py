@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader
 
 from experiments.benchmarks import bench_input
 from experiments.benchmarks.bench_two_head import VARIANTS, measure, synthetic_batches
-from ranking_reg.errors import ConfigError, report_user_errors
-from ranking_reg.io_utils import write_json_atomic
+from ranking_reg.utils.errors import ConfigError, report_user_errors
+from ranking_reg.utils.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 STARVED_BELOW = 0.9  # real-input throughput / synthetic throughput under which the GPU waits

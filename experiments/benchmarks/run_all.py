@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ranking_reg.errors import ConfigError, report_user_errors
-from ranking_reg.io_utils import write_text_atomic
+from ranking_reg.utils.errors import ConfigError, report_user_errors
+from ranking_reg.utils.io import write_text_atomic
 
 BENCHES: dict[str, tuple[str, str]] = {
     "two_head": (

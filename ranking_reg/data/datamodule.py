@@ -20,7 +20,7 @@ from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
 from ranking_reg.data.transforms import eval_transform, train_transform
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 
 class FGVRDataModule(L.LightningDataModule):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 TEST_FRACTION = 0.25
 

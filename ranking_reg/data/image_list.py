@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 
 def class_counts(targets: Sequence[int]) -> dict[int, int]:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 
 class PKBatchSampler(Sampler[list[int]]):

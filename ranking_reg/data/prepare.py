@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ranking_reg.errors import DataError, UserError, exit_with_user_error
+from ranking_reg.utils.errors import DataError, UserError, exit_with_user_error
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def prepare(
     """
     recipes = RECIPES if recipes is None else recipes
     if name not in recipes:
-        from ranking_reg.errors import ConfigError
+        from ranking_reg.utils.errors import ConfigError
 
         raise ConfigError(
             f"there is nothing to prepare for dataset {name!r}; prepare knows "

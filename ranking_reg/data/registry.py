@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ranking_reg.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError
 
 Builder = Callable[..., Any]
 

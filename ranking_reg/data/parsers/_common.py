@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 
 def prepare_hint(name: str, root: str) -> str:
@@ -108,7 +108,7 @@ def ints(values: Any) -> list[int]:
 
 def check_split(split: str) -> str:
     if split not in ("train", "test"):
-        from ranking_reg.errors import ConfigError
+        from ranking_reg.utils.errors import ConfigError
 
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
     return split
@@ -126,7 +126,7 @@ def stratified_split(
     from ranking_reg.data.splits import stratified_split as split_indices
 
     if not 0.0 <= float(test_fraction) < 1.0:
-        from ranking_reg.errors import ConfigError
+        from ranking_reg.utils.errors import ConfigError
 
         raise ConfigError(f"option test_fraction must lie in [0, 1), got {test_fraction!r}.")
     ordered = sorted(samples)

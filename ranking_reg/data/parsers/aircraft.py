@@ -24,7 +24,7 @@ from ranking_reg.data.parsers._common import (
     require_file,
     split_pairs,
 )
-from ranking_reg.errors import ConfigError, DataError
+from ranking_reg.utils.errors import ConfigError, DataError
 
 NAME = "aircraft"
 FOLDER = os.path.join("fgvc-aircraft-2013b", "data")

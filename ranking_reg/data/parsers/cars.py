@@ -28,7 +28,7 @@ from ranking_reg.data.parsers._common import (
     records,
     require_file,
 )
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 NAME = "cars"
 FOLDER = "stanford_cars"

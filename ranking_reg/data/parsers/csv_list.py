@@ -17,7 +17,7 @@ import os
 
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import check_listed, check_split, stratified_split
-from ranking_reg.errors import ConfigError, DataError
+from ranking_reg.utils.errors import ConfigError, DataError
 
 NAME = "csv"
 HEADER_PATH = {"path", "file", "filename", "file_name", "image", "image_path", "img"}

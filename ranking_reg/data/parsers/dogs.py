@@ -24,7 +24,7 @@ from ranking_reg.data.parsers._common import (
     mat_field,
     records,
 )
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 NAME = "dogs"
 FOLDER = "stanford_dogs"

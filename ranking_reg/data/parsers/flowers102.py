@@ -23,7 +23,7 @@ from ranking_reg.data.parsers._common import (
     mat_field,
     require_file,
 )
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 NAME = "flowers102"
 FOLDER = "flowers-102"

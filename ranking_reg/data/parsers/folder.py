@@ -14,7 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import check_split, stratified_split
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 NAME = "folder"
 

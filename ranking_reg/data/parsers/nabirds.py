@@ -21,7 +21,7 @@ from ranking_reg.data.parsers._common import (
     require_file,
     split_pairs,
 )
-from ranking_reg.errors import DataError
+from ranking_reg.utils.errors import DataError
 
 NAME = "nabirds"
 FOLDER = "nabirds"
