@@ -17,11 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_reg.utils.errors import ConfigError, report_user_errors
-from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.lightning.module import RankingRegModule
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.train import CONFIG_PATH, instantiate_all
+from ranking_reg.utils.errors import ConfigError, report_user_errors
+from ranking_reg.utils.io import write_json_atomic
 
 
 def _data_overridden() -> bool:

@@ -18,14 +18,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from ranking_reg.integrations.wandb_utils import finish_wandb, register_resolvers, resolved_config
 from ranking_reg.lightning.checkpoint_io import AtomicCheckpointIO
+from ranking_reg.lightning.module import RankingRegModule
+from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, report_user_errors
 from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.utils.paths import CONFIG_DIR
-from ranking_reg.lightning.module import RankingRegModule
-from ranking_reg.reporting.metrics_table import format_metrics_table
-from ranking_reg.integrations.wandb_utils import finish_wandb, register_resolvers, resolved_config
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = str(CONFIG_DIR)

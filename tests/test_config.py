@@ -8,9 +8,9 @@ from conftest import CONF, compose_config, run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ranking_reg.losses.regularizers import CenterRegularizer, NoRegularizer, TripletRegularizer
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, format_user_error
-from ranking_reg.losses.regularizers import CenterRegularizer, NoRegularizer, TripletRegularizer
 
 
 def _options(group: str) -> list[str]:

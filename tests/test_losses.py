@@ -14,8 +14,6 @@ from pytorch_metric_learning.reducers import MeanReducer
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ranking_reg.losses import triplet as losses
-from ranking_reg.utils.errors import ConfigError
 from ranking_reg.losses import (
     CenterLoss,
     SemiHardMiner,
@@ -24,6 +22,8 @@ from ranking_reg.losses import (
     semihard_triplet_indices,
     semihard_triplet_loss,
 )
+from ranking_reg.losses import triplet as losses
+from ranking_reg.utils.errors import ConfigError
 
 torch.set_num_threads(1)
 

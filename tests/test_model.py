@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ranking_reg.models.backbones import build_backbone
-from ranking_reg.utils.errors import ConfigError
 from ranking_reg.models.two_head import TwoHeadNet
+from ranking_reg.utils.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
 from ranking_reg.reporting import plots
 from ranking_reg.utils.errors import ConfigError
-from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,6 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.reducers import MeanReducer
 
-from ranking_reg.utils.errors import ConfigError
 from ranking_reg.losses import SemiHardMiner, batch_hard_triplet_loss, semihard_triplet_loss
 from ranking_reg.losses.regularizers import (
     CenterRegularizer,
@@ -20,6 +19,7 @@ from ranking_reg.losses.regularizers import (
     TripletRegularizer,
     build_miner,
 )
+from ranking_reg.utils.errors import ConfigError
 
 
 def _batch(seed=0, p=6, k=4, dim=16):

@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.metrics import retrieval_metrics
+from ranking_reg.utils.io import write_json_atomic
 
 FULL = {"n": 24_633, "classes": 555, "dim": 256}  # NABirds' test split
 QUICK = {"n": 1_200, "classes": 30, "dim": 32}

@@ -26,8 +26,8 @@ import torch
 from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import BatchHardMiner, TripletMarginMiner
 
-from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.losses import batch_hard_triplet_loss, semihard_triplet_loss
+from ranking_reg.utils.io import write_json_atomic
 
 EMBEDDING_DIM = 256
 SAMPLES_PER_CLASS = 4

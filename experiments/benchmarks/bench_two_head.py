@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranking_reg.models.backbones import build_backbone
 from ranking_reg.losses import semihard_triplet_loss
+from ranking_reg.models.backbones import build_backbone
 from ranking_reg.models.two_head import TwoHeadNet
 
 Batch = tuple[torch.Tensor, torch.Tensor]

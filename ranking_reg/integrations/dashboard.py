@@ -22,8 +22,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from ranking_reg.utils.errors import ConfigError, UserError, exit_with_user_error
 from ranking_reg.reporting.plots import PLOT_NAMES
+from ranking_reg.utils.errors import ConfigError, UserError, exit_with_user_error
 
 LAMBDA = "regularizer.weight"
 REGULARIZER = "regularizer.name"

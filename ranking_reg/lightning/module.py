@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_reg.utils import distributed
 from ranking_reg.models.backbones import build_backbone
 from ranking_reg.models.two_head import TwoHeadNet, TwoHeadOutput
+from ranking_reg.utils import distributed
 
 RECALL_KS = (1, 2, 4, 8)
 

@@ -21,14 +21,14 @@ from pytorch_metric_learning.miners import BaseMiner
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
-from ranking_reg.utils import distributed
-from ranking_reg.utils.errors import ConfigError
 from ranking_reg.losses import (
     CenterLoss,
     SemiHardMiner,
     batch_hard_triplet_loss,
     semihard_triplet_loss,
 )
+from ranking_reg.utils import distributed
+from ranking_reg.utils.errors import ConfigError
 
 
 @dataclass
