@@ -16,6 +16,7 @@ from ranking_reg.metrics import (
     classification_metrics,
     kmeans,
     nearest_neighbors,
+    per_class_accuracy,
     retrieval_metrics,
     shot_accuracy,
 )
@@ -109,7 +110,7 @@ def ref_neighbours_fast(x: np.ndarray, k: int) -> np.ndarray:
 def test_grouped_selection_is_exact_at_larger_n_with_ties(k):
     # Integer coordinates in 0..9: float32 distances are exact and many tie, and N is large
     # enough that the two-stage (group minima, then candidates) selection is used.
-    from ranking_reg.metrics import _group_sizes
+    from ranking_reg.metrics.knn import _group_sizes
 
     rng = np.random.default_rng(k)
     x = rng.integers(0, 10, size=(1200, 4)).astype(np.float32)
@@ -126,6 +127,24 @@ def test_grouped_selection_on_continuous_data_matches_a_full_sort():
     # Float32 rounding could only reorder items whose float64 distances differ by ~1e-6.
     agree = (got.numpy() == ref_neighbours_fast(x, 30)).mean()
     assert agree > 0.999
+
+
+@pytest.mark.parametrize("n", [40, 1200])
+def test_query_subset_gives_the_rows_of_the_full_search(n):
+    # Small and large N (the grouped selection), ties included: a query's list does not depend
+    # on which other queries are searched with it, their order, repeats or the chunking.
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 3, size=(n, 3)).astype(np.float32)
+    queries = np.array([n - 1, 0, 7, 7, n // 2])
+    ref = ref_neighbours_fast(x, 5)[queries]
+    assert np.array_equal(nearest_neighbors(x, 5, queries=queries).numpy(), ref)
+    got = nearest_neighbors(torch.from_numpy(x), 5, chunk_size=2, queries=torch.tensor(queries))
+    assert np.array_equal(got.numpy(), ref)
+    assert nearest_neighbors(x, 5, queries=[]).shape == (0, 5)
+    with pytest.raises(ValueError, match="item indices"):
+        nearest_neighbors(x, 5, queries=[n])
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_neighbors(x, n, queries=[0])
 
 
 def test_duplicates_are_neighbours_and_self_is_not():
@@ -293,6 +312,23 @@ def test_classification_metrics_by_hand():
     # Per-class accuracy 3/4, 1/2, 2/4 over the classes that have test items (not class 3).
     assert got["macro_acc"] == pytest.approx((0.75 + 0.5 + 0.5) / 3)
     assert classification_metrics(preds, labels, num_classes=5) == got
+
+
+def test_per_class_accuracy_by_hand():
+    labels = torch.tensor([0, 0, 1, 1, 1, 3])
+    preds = torch.tensor([0, 1, 1, 1, 0, 3])
+    acc = per_class_accuracy(preds, labels, 5)
+    assert acc.shape == (5,) and acc.dtype == torch.float32
+    assert acc[0] == 0.5 and acc[1] == pytest.approx(2 / 3) and acc[3] == 1.0
+    # Classes without test items are NaN, also when they are predicted (class 2 never is,
+    # class 4 is by the logits below).
+    assert torch.isnan(acc[2]) and torch.isnan(acc[4])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 4, 3]), 5).float()
+    from_logits = per_class_accuracy(logits, labels.numpy(), 5)
+    assert from_logits[0] == 0.5 and from_logits[1] == pytest.approx(2 / 3)
+    assert torch.isnan(from_logits[4])
+    with pytest.raises(ValueError, match="as many predictions"):
+        per_class_accuracy(preds[:3], labels, 5)
 
 
 def test_shot_accuracy_groups_and_omits_empty_groups():

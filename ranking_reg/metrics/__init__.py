@@ -1,11 +1,25 @@
-"""Evaluation metrics: exact kNN retrieval (Recall@K, MAP@R), NMI of k-means, classification."""
+"""Evaluation metrics: exact kNN retrieval (Recall@K, MAP@R), NMI of k-means, classification.
 
-from ranking_reg.metrics.retrieval import *  # noqa: F401,F403
-from ranking_reg.metrics.retrieval import (  # noqa: F401
-    _group_sizes,
+- :mod:`~ranking_reg.metrics.knn`: exact chunked kNN of a set against itself;
+- :mod:`~ranking_reg.metrics.kmeans`: seeded k-means (for NMI);
+- :mod:`~ranking_reg.metrics.retrieval`: Recall@K, MAP@R and NMI of an embedding;
+- :mod:`~ranking_reg.metrics.classification`: accuracy, per-class and many/medium/few-shot.
+"""
+
+from ranking_reg.metrics.classification import (
     classification_metrics,
-    kmeans,
-    nearest_neighbors,
-    retrieval_metrics,
+    per_class_accuracy,
     shot_accuracy,
 )
+from ranking_reg.metrics.kmeans import kmeans
+from ranking_reg.metrics.knn import nearest_neighbors
+from ranking_reg.metrics.retrieval import retrieval_metrics
+
+__all__ = [
+    "classification_metrics",
+    "kmeans",
+    "nearest_neighbors",
+    "per_class_accuracy",
+    "retrieval_metrics",
+    "shot_accuracy",
+]
