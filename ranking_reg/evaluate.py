@@ -1,83 +1,87 @@
-"""Test metrics of a checkpoint: ``python -m ranking_reg.evaluate ckpt_path=... [data=...]``.
+"""Test metrics of a checkpoint: ``python -m ranking_reg.evaluate ckpt_path=... [data...]``.
 
-The model is rebuilt from the run config stored in the checkpoint. The data is the checkpoint's
-own dataset unless ``data=...`` (or any ``data.*`` key) is given on the command line, so a model
-can be evaluated on another configured dataset: retrieval metrics always, classification metrics
-when the class count matches. Writes ``metrics.json`` into the Hydra output folder.
+The model is rebuilt from the run config stored in the checkpoint, with pretrained weights off
+(the trained weights come from the checkpoint: nothing is fetched or opened). The data is the
+checkpoint's own data config; ``data.<key>=value`` overrides replace single keys of it (e.g.
+``data.root=/moved/data``), and only ``data=<name>`` switches to another configured dataset.
+On a dataset whose classes differ from the trained ones only the embedding is evaluated
+(retrieval metrics): a class head never scores classes it was not trained on. Writes
+``metrics.json`` into the Hydra output folder.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ranking_reg.lightning.checkpoint_io import read_checkpoint
 from ranking_reg.lightning.module import RankingRegModule
+from ranking_reg.lightning.trainer import build_trainer
 from ranking_reg.reporting.metrics_table import format_metrics_table
-from ranking_reg.train import CONFIG_PATH, instantiate_all
 from ranking_reg.utils.errors import ConfigError, report_user_errors
+from ranking_reg.utils.hydra_utils import build, task_overrides
 from ranking_reg.utils.io import write_json_atomic
+from ranking_reg.utils.paths import CONFIG_DIR
+
+FROM_CHECKPOINT = "_checkpoint"
 
 
-def _data_overridden() -> bool:
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:
-        return False
-    return any(o.lstrip("+~").split("=")[0].split(".")[0] == "data" for o in overrides)
-
-
-def evaluate(cfg: DictConfig, data_from_checkpoint: bool = True) -> dict[str, float]:
-    """Test ``cfg.ckpt_path`` and write ``metrics.json``; returns the metrics."""
-    if not cfg.ckpt_path or not os.path.isfile(cfg.ckpt_path):
+def data_config(cfg: DictConfig, trained: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """The data config to evaluate on: the trained one with the ``data.*`` overrides applied,
+    or ``cfg.data`` when a dataset was chosen (``data=<name>``)."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    trained_size = trained["data"]["img_size"]
+    if "data.img_size" in keys and cfg.data.img_size != trained_size:
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} is not a checkpoint file. Usage: python -m"
-            " ranking_reg.evaluate ckpt_path=<run dir>/checkpoints/best-....ckpt [data=...]"
+            f"data.img_size={cfg.data.img_size}: this checkpoint was trained at {trained_size}"
+            " px and its embedding head is sized for that feature map; leave data.img_size out."
         )
-    try:
-        checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
-        hparams = checkpoint["hyper_parameters"]
-    except Exception as error:  # any unreadable file is the user's to fix
+    if cfg.data.get("name") is not None:  # data=<name>: another configured dataset
+        data = cfg.data
+    else:
+        data = OmegaConf.create(trained["data"])
+        for key in keys:
+            if key.startswith("data."):
+                value = OmegaConf.select(cfg, key)
+                OmegaConf.update(data, key[len("data.") :], value, merge=False)
+    data.img_size = trained_size  # the network's input size, whatever the dataset
+    data.seed = int(cfg.seed)
+    return data
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+    """Test ``cfg.ckpt_path`` and write ``metrics.json``; returns the metrics."""
+    if not cfg.ckpt_path:
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} could not be read as a ranking_reg checkpoint"
-            f" ({type(error).__name__}); give a .ckpt written by python -m ranking_reg.train."
-        ) from None
-    trained = OmegaConf.create(hparams["cfg"])
-    data_cfg = trained.data if data_from_checkpoint else cfg.data
+            "ckpt_path is required. Usage: python -m ranking_reg.evaluate"
+            " ckpt_path=<run dir>/checkpoints/best-....ckpt [data.root=...] [data=<name>]"
+        )
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    hparams = checkpoint["hyper_parameters"]
+    module = RankingRegModule.from_checkpoint(checkpoint)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(data_cfg)
+    data_cfg = data_config(cfg, hparams["run_config"], overrides or [])
+    datamodule = build(data_cfg, "data")
     datamodule.setup("test")
-    model = RankingRegModule(**hparams)  # the checkpoint is already in memory: no second read
-    model.load_state_dict(checkpoint["state_dict"])
-    if datamodule.num_classes != model.num_classes:
-        # another dataset: only the embedding can be evaluated
-        model.num_classes = datamodule.num_classes
-        model.net.classifier = torch.nn.Linear(model.net.classifier.in_features, model.num_classes)
-        model.skip_classification = True
-    trainer = instantiate(
-        cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=[]
-    )
-    trainer.test(model, datamodule=datamodule)
+    classes = [str(c) for c in datamodule.test_dataset.classes]
+    module.evaluator.classify = classes == list(hparams.get("classes") or [])
+    trainer = build_trainer(cfg, checkpointing=False)
+    trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    if getattr(model, "skip_classification", False):
-        metrics = {
-            k: v for k, v in metrics.items() if not k.split("/")[-1].endswith(("acc", "acc_best"))
-        }
     if trainer.is_global_zero:
         write_json_atomic(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics)
         print(format_metrics_table(metrics, title=f"metrics of {cfg.ckpt_path}"))
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg, data_from_checkpoint=not _data_overridden())
+    evaluate(cfg, task_overrides())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ranking_reg.utils.errors import ConfigError, UserError, exit_with_user_erro
 
 LAMBDA = "regularizer.weight"
 REGULARIZER = "regularizer.name"
-MINER = "miner.name"
+MINER = "miner._target_"
 STEP = "trainer/global_step"  # Lightning's WandbLogger logs every metric against this key
 TEST_METRICS = ("test/acc", "test/macro_acc", "test/recall@1")
 CURVES = ("val/acc", "val/recall@1", "train/loss")

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from ranking_reg.utils.hydra_utils import resolved_config
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -47,6 +49,19 @@ def _number(value: Any) -> str:
         return str(value)
 
 
+# miner classes with a short name of their own (the miner= group options)
+MINER_LABELS = {"SemiHardMiner": "semihard", "BatchHardMiner": "hard"}
+
+
+def miner_label(cfg: DictConfig) -> str | None:
+    """``semihard``, ``hard``, or the PML miner's class name, from ``miner._target_``."""
+    target = _select(cfg, "miner._target_")
+    if target is None:
+        return None
+    name = str(target).rsplit(".", 1)[-1]
+    return MINER_LABELS.get(name, name)
+
+
 def regularizer_label(cfg: DictConfig) -> str:
     """``softmax`` (no regularizer), ``<miner>-λ<w>`` (triplet), ``<name>-λ<w>`` (others)."""
     name = _select(cfg, "regularizer.name")
@@ -54,7 +69,7 @@ def regularizer_label(cfg: DictConfig) -> str:
         return "softmax"
     weight = _number(_select(cfg, "regularizer.weight"))
     if name == "triplet":
-        return f"{_select(cfg, 'miner.name') or 'triplet'}-λ{weight}"
+        return f"{miner_label(cfg) or 'triplet'}-λ{weight}"
     return f"{name}-λ{weight}"
 
 
@@ -89,7 +104,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
     regularizer = _select(cfg, "regularizer.name")
     if regularizer is not None:
         tags.append(f"regularizer:{regularizer}")
-    miner = _select(cfg, "miner.name")
+    miner = miner_label(cfg)
     if regularizer == "triplet" and miner is not None:
         tags.append(f"miner:{miner}")
     if _select(cfg, "data.imbalance_ratio") is not None:
@@ -170,32 +185,6 @@ def wandb_offline() -> bool:
     if mode in ("online", "run"):
         return False
     return not has_api_key()
-
-
-def resolved_config(root: DictConfig, exclude: tuple[str, ...] = ("logger",)) -> dict[str, Any]:
-    """The run config with interpolations resolved, as plain containers, minus ``exclude``.
-
-    ``logger`` is left out because this is what the logger itself is configured with (resolving
-    it would recurse); ``hydra_overrides`` records the command-line overrides when Hydra runs.
-    """
-    out: dict[str, Any] = {}
-    for key in root.keys():
-        if key in exclude:
-            continue
-        if OmegaConf.is_missing(root, key):
-            out[str(key)] = "???"
-            continue
-        value = root[key]
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        out[str(key)] = value
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        overrides = _select(HydraConfig.get(), "overrides.task")
-        if overrides is not None:
-            out["hydra_overrides"] = list(overrides)
-    return out
 
 
 def register_resolvers() -> None:

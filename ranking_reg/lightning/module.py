@@ -1,96 +1,127 @@
 """The LightningModule: a TwoHeadNet trained with L = L_softmax + λ · L_reg (Taha et al. 2020, Eq. 3).
 
+Built from objects (the ``model`` config group composes them with Hydra): the network, the
+regularizer (with its miner inside), the optimizer and scheduler as partials, and the evaluator.
+The module never reads the run config. The resolved run config travels in every checkpoint
+(``hyper_parameters["run_config"]``), so :meth:`RankingRegModule.load_from_checkpoint` rebuilds
+the model a checkpoint was trained with, without fetching or opening pretrained weights.
+
 Training logs ``train/loss``, ``train/ce``, ``train/reg``, ``train/active_triplets`` (fraction of
-selected triplets with a non-zero hinge) and the lr (LearningRateMonitor). Validation and test
-collect logits, embeddings and pooled features of the whole split (gathered across processes,
-each sample exactly once) and log
-
-- ``{stage}/acc``, ``{stage}/macro_acc`` (torchmetrics, via :mod:`ranking_reg.metrics`),
-- ``{stage}/recall@k``, ``{stage}/nmi``, ``{stage}/map@r`` of the embedding head,
-- ``{stage}/pooled_recall@1``, ``{stage}/pooled_nmi``, ``{stage}/pooled_map@r`` of the GAP
-  features, so a softmax-only run still reports the quality of its embedding,
-- ``{stage}/many_acc`` etc. when the train split is long-tailed.
-
-After each evaluation epoch ``self.eval_outputs`` holds the gathered tensors for callbacks (plots).
+selected triplets with a non-zero hinge). Validation and test hand every batch to the
+:class:`~ranking_reg.metrics.Evaluator`, log ``{stage}/<metric>`` from it, and hand the gathered
+arrays to callbacks that define ``on_evaluation_end`` (pictures).
 """
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
-from ranking_reg.models.backbones import build_backbone
+from ranking_reg.losses.regularizers import Regularizer
+from ranking_reg.metrics.evaluator import Evaluator, notify_evaluation_end
 from ranking_reg.models.two_head import TwoHeadNet, TwoHeadOutput
 from ranking_reg.utils import distributed
 
-RECALL_KS = (1, 2, 4, 8)
-
-
-def _config(cfg: DictConfig | dict) -> DictConfig:
-    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+RUN_CONFIG_KEY = "run_config"
 
 
 class RankingRegModule(L.LightningModule):
-    """Both heads, both losses, evaluation metrics, optimizer and schedule from the run config.
+    """Both heads, both losses, the evaluator, the optimizer and its per-step schedule.
 
-    ``cfg`` is the whole resolved run config (saved as hyper-parameters, so a checkpoint rebuilds
-    its own model); ``num_classes`` comes from the data.
+    ``optimizer(params)`` and ``scheduler(optimizer, total_steps=...)`` are factories (Hydra
+    ``_partial_`` configs); ``seed`` seeds the per-epoch augmentation draws (exact resume).
     """
 
     def __init__(
         self,
-        cfg: dict[str, Any],
-        num_classes: int,
-        train_class_counts: list[int] | None = None,
+        net: TwoHeadNet,
+        regularizer: Regularizer,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        evaluator: Evaluator | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        config = _config(cfg)
-        self.config = config
-        backbone = build_backbone(
-            config.backbone.name,
-            img_size=config.data.img_size,
-            pretrained=config.backbone.pretrained,
-            model_tag=config.backbone.get("model_tag"),
-            weights_file=config.backbone.get("weights_file"),
+        self.save_hyperparameters(
+            ignore=["net", "regularizer", "optimizer", "scheduler", "evaluator"], logger=False
         )
-        self.net = TwoHeadNet(
-            backbone,
-            num_classes=num_classes,
-            embedding_dim=config.model.embedding_dim,
-            embedding_source=config.model.embedding_source,
-        )
-        if config.model.get("channels_last"):
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         # Kept out of the module tree so the compiled wrapper does not duplicate state_dict keys.
-        compiled = torch.compile(self.net) if config.model.get("compile") else self.net
-        object.__setattr__(self, "_forward", compiled)
-        miner = instantiate(config.miner) if config.regularizer.name == "triplet" else None
-        self.regularizer = instantiate(config.regularizer)(
-            miner=miner, num_classes=num_classes, embedding_dim=config.model.embedding_dim
-        )
-        self.num_classes = num_classes
-        self.train_class_counts = train_class_counts
-        self.eval_outputs: dict[str, Any] | None = None
-        self._collected: list[dict[str, torch.Tensor]] = []
+        object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
+        self.regularizer = regularizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.evaluator = evaluator if evaluator is not None else Evaluator(seed=seed)
+        self.seed = int(seed)
+        self.channels_last = channels_last
+
+    @property
+    def num_classes(self) -> int:
+        return self.net.classifier.out_features
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def remember_run_config(self, run_config: dict[str, Any]) -> None:
+        """Store the resolved run config in this module's checkpoints (rebuilds the model)."""
+        self.hparams[RUN_CONFIG_KEY] = run_config
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], strict: bool = True) -> RankingRegModule:
+        """The module a loaded checkpoint was trained as, with its weights.
+
+        The network is rebuilt from the stored ``model`` config with the backbone's pretrained
+        weights switched off: the trained weights come from the state dict.
+        """
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        run_config = checkpoint["hyper_parameters"][RUN_CONFIG_KEY]
+        model_config = OmegaConf.create(run_config["model"])
+        model_config.net.backbone.pretrained = False
+        model_config.net.backbone.weights_file = None
+        module = instantiate(model_config)
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        module.remember_run_config(run_config)
+        return module
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> RankingRegModule:
+        """Lightning's classmethod, for checkpoints of this project (the net is rebuilt from
+        the stored config, so no constructor arguments are needed)."""
+        from ranking_reg.lightning.checkpoint_io import read_checkpoint
+
+        checkpoint = read_checkpoint(checkpoint_path, map_location=map_location or "cpu")
+        return cls.from_checkpoint(checkpoint, strict=True if strict is None else strict)
 
     # -- forward / training -----------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> TwoHeadOutput:
-        if self.config.model.get("channels_last"):
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self._forward(images)
 
     def on_train_epoch_start(self) -> None:
         # Augmentation and dropout draws depend only on (seed, epoch), so a run resumed from an
         # epoch-end checkpoint replays exactly what the uninterrupted run did.
-        epoch_seed = (int(self.config.seed) * 1_000_003 + self.current_epoch) % 2**31
+        epoch_seed = (self.seed * 1_000_003 + self.current_epoch) % 2**31
         torch.manual_seed(epoch_seed + distributed.rank())
         np.random.seed(epoch_seed)
         random.seed(epoch_seed)
@@ -110,18 +141,17 @@ class RankingRegModule(L.LightningModule):
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # shot accuracy (many/medium/few) is defined for a long-tailed train split only
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        long_tailed = getattr(datamodule, "imbalance_ratio", None) is not None
+        if long_tailed and hasattr(datamodule, "train_class_counts"):
+            self.evaluator.train_class_counts = list(datamodule.train_class_counts)
+
     def _collect(self, batch: Any) -> None:
         images, labels, positions = batch
         output = self(images)
-        self._collected.append(
-            {
-                "logits": output.logits.float().detach(),
-                "embeddings": output.embedding.detach(),
-                "pooled": output.pooled.detach(),
-                "labels": labels.detach(),
-                "positions": positions.detach(),
-            }
-        )
+        self.evaluator.update(output.logits, output.embedding, output.pooled, labels, positions)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch)
@@ -130,68 +160,33 @@ class RankingRegModule(L.LightningModule):
         self._collect(batch)
 
     def on_validation_epoch_start(self) -> None:
-        self._collected = []
+        self.evaluator.reset()
 
     def on_test_epoch_start(self) -> None:
-        self._collected = []
-
-    def _gathered(self) -> dict[str, torch.Tensor]:
-        """Concatenate this process's batches, gather all processes, order by sample position."""
-        keys = ("logits", "embeddings", "pooled", "labels", "positions")
-        local = {k: torch.cat([c[k] for c in self._collected]) for k in keys}
-        self._collected = []
-        merged = {k: distributed.gather_uneven(v).cpu() for k, v in local.items()}
-        order = torch.argsort(merged["positions"])
-        return {k: v[order] for k, v in merged.items()}
+        self.evaluator.reset()
 
     def _evaluate(self, stage: str) -> None:
-        from ranking_reg.metrics import classification_metrics, retrieval_metrics, shot_accuracy
-
-        outputs = self._gathered()
-        metrics: dict[str, float] = {}
-        metrics.update(
-            classification_metrics(outputs["logits"], outputs["labels"], self.num_classes)
-        )
-        seed = int(self.config.seed)
-        metrics.update(
-            retrieval_metrics(outputs["embeddings"], outputs["labels"], ks=RECALL_KS, seed=seed)
-        )
-        pooled = retrieval_metrics(outputs["pooled"], outputs["labels"], ks=(1,), seed=seed)
-        metrics.update({f"pooled_{k}": v for k, v in pooled.items()})
-        if self.config.data.get("imbalance_ratio") and self.train_class_counts is not None:
-            metrics.update(
-                shot_accuracy(
-                    outputs["logits"],
-                    outputs["labels"],
-                    self.train_class_counts,
-                    many=self.config.data.get("many_shot", 100),
-                    few=self.config.data.get("few_shot", 20),
-                )
-            )
+        if self.evaluator.empty:
+            return
+        result = self.evaluator.compute(stage, self.num_classes)
         # Every process computed the same values from the gathered split: no sync needed.
-        for name, value in metrics.items():
+        for name, value in result.metrics.items():
             self.log(f"{stage}/{name}", float(value), sync_dist=False)
-        self.eval_outputs = {
-            "stage": stage,
-            "embeddings": outputs["embeddings"],
-            "labels": outputs["labels"],
-            "logits": outputs["logits"],
-            "indices": outputs["positions"],
-        }
+        notify_evaluation_end(self.trainer, self, result)
 
     def on_validation_epoch_end(self) -> None:
-        if self._collected:
-            self._evaluate("val")
+        self._evaluate("val")
 
     def on_test_epoch_end(self) -> None:
-        if self._collected:
-            self._evaluate("test")
+        self._evaluate("test")
 
     # -- optimisation -----------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.config.optimizer)(params=self.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(self.config.scheduler)(optimizer, total_steps=total_steps)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

@@ -58,7 +58,8 @@ def _check_reduction(reduction: str) -> None:
         )
 
 
-def _check_margin(margin: object, allow_soft: bool) -> None:
+def check_margin(margin: object, allow_soft: bool) -> None:
+    """A margin is a number, or ``"soft"`` (softplus) where the loss allows it (batch-hard)."""
     if allow_soft and margin == "soft":
         return
     if isinstance(margin, bool) or not isinstance(margin, numbers.Real):
@@ -180,7 +181,7 @@ def semihard_triplet_loss(
     (an empty vector for "none") that is still connected to the graph, never NaN.
     """
     _check_reduction(reduction)
-    _check_margin(margin, allow_soft=False)
+    check_margin(margin, allow_soft=False)
     anchor, pos, negative = semihard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)
@@ -223,7 +224,7 @@ def batch_hard_triplet_loss(
     as in :func:`semihard_triplet_loss`.
     """
     _check_reduction(reduction)
-    _check_margin(margin, allow_soft=True)
+    check_margin(margin, allow_soft=True)
     anchor, pos, negative = batch_hard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)

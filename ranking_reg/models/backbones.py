@@ -167,11 +167,12 @@ def feature_shape(features: nn.Module, img_size: int, in_chans: int = 3) -> tupl
 
 def build_backbone(
     name: str,
-    img_size: int,
+    img_size: int | None = None,
     pretrained: bool = False,
     model_tag: str | None = None,
     weights_file: str | None = None,
     in_chans: int = 3,
+    input_size: int = 224,
 ) -> Backbone:
     """Build ``name`` truncated at its last conv feature map and measure that map at ``img_size``.
 
@@ -179,8 +180,10 @@ def build_backbone(
     ``inception_v4``, ``resnet18``, or any other timm CNN); ``model_tag`` picks a timm weight tag.
     ``pretrained=True`` loads ImageNet weights through timm's cache (Hugging Face hub); when they
     cannot be fetched a :class:`ConfigError` names ``backbone.pretrained=false`` and
-    ``backbone.weights_file``.
+    ``backbone.weights_file``. ``input_size`` is the network's input size in the paper (224, 299
+    for Inception-v4), used when ``img_size`` is not given.
     """
+    img_size = input_size if img_size is None else img_size
     if img_size < 8:
         raise ConfigError(f"data.img_size={img_size} is too small; use at least 8 pixels.")
     if name == "small_cnn":

@@ -1,0 +1,60 @@
+"""The Lightning Trainer of a run, built from the ``trainer``, ``callbacks`` and ``logger`` groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig
+
+from ranking_reg.lightning.checkpoint_io import AtomicCheckpointIO
+from ranking_reg.utils.hydra_utils import build
+
+
+def instantiate_all(group: DictConfig | None, key: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a mapping group (callbacks, logger)."""
+    if not group:
+        return []
+    return [
+        build(entry, f"{key}.{name}")
+        for name, entry in group.items()
+        if entry and "_target_" in entry
+    ]
+
+
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: list[Any] | None = None, checkpointing: bool = True
+) -> L.Trainer:
+    """The configured Trainer; checkpoints are written atomically."""
+    callbacks = instantiate_all(cfg.get("callbacks"), "callbacks") + list(extra_callbacks or [])
+    loggers = instantiate_all(cfg.get("logger"), "logger")
+    if not loggers:  # logger=none: Lightning refuses an lr monitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not checkpointing:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    return build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def checkpoint_for_test(trainer: L.Trainer, monitor: str) -> str | None:
+    """The best checkpoint by ``monitor`` (the ModelCheckpoint that monitors it, wherever it
+    stands in the callback list); None when no such checkpoint was written."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor == monitor:
+            return callback.best_model_path or None
+    return None
+
+
+def best_score(trainer: L.Trainer, monitor: str) -> float | None:
+    """The best value of ``monitor`` kept by its ModelCheckpoint, if any."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor == monitor:
+            score = callback.best_model_score
+            return None if score is None else float(score)
+    return None
