@@ -3,7 +3,8 @@
 - :mod:`~ranking_reg.metrics.knn`: exact chunked kNN of a set against itself;
 - :mod:`~ranking_reg.metrics.kmeans`: seeded k-means (for NMI);
 - :mod:`~ranking_reg.metrics.retrieval`: Recall@K, MAP@R and NMI of an embedding;
-- :mod:`~ranking_reg.metrics.classification`: accuracy, per-class and many/medium/few-shot.
+- :mod:`~ranking_reg.metrics.classification`: accuracy, per-class and many/medium/few-shot;
+- :mod:`~ranking_reg.metrics.evaluator`: collects one evaluation's outputs and scores them.
 """
 
 from ranking_reg.metrics.classification import (
@@ -11,14 +12,18 @@ from ranking_reg.metrics.classification import (
     per_class_accuracy,
     shot_accuracy,
 )
+from ranking_reg.metrics.evaluator import EvaluationResult, Evaluator, notify_evaluation_end
 from ranking_reg.metrics.kmeans import kmeans
 from ranking_reg.metrics.knn import nearest_neighbors
 from ranking_reg.metrics.retrieval import retrieval_metrics
 
 __all__ = [
+    "EvaluationResult",
+    "Evaluator",
     "classification_metrics",
     "kmeans",
     "nearest_neighbors",
+    "notify_evaluation_end",
     "per_class_accuracy",
     "retrieval_metrics",
     "shot_accuracy",
