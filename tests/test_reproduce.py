@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import textwrap
 from pathlib import Path
@@ -12,11 +11,11 @@ import pytest
 import yaml
 
 from ranking_reg.reporting import reproduce as R
-from ranking_reg.reporting import tables as T
+from ranking_reg.reporting.table_spec import load_spec
 
 # A stand-in for ranking_reg.train: a real Hydra app with the same config groups and outputs
 # (.hydra/*, metrics.json), whose accuracy is a known function of the config and seed. It logs
-# every job it runs and fails the seeds listed in FAKE_FAIL_SEEDS.
+# every job it runs and fails the jobs listed in FAKE_FAIL as <regularizer.weight>:<seed>.
 FAKE_TRAIN = textwrap.dedent(
     """
     import json, os, hydra
@@ -27,7 +26,7 @@ FAKE_TRAIN = textwrap.dedent(
         with open(os.environ["FAKE_LOG"], "a") as log:
             log.write(json.dumps({"seed": cfg.seed, "reg": cfg.regularizer.name,
                                   "w": cfg.regularizer.weight}) + "\\n")
-        if str(cfg.seed) in os.environ.get("FAKE_FAIL_SEEDS", "").split(","):
+        if f"{cfg.regularizer.weight}:{cfg.seed}" in os.environ.get("FAKE_FAIL", "").split(","):
             raise RuntimeError("simulated crash")
         acc = 0.5 + 0.1 * cfg.regularizer.weight + 0.01 * cfg.seed
         out = HydraConfig.get().runtime.output_dir
@@ -99,7 +98,7 @@ def run(project: Path, *extra: str) -> int:
 
 
 def test_plan_merges_cells_shared_between_tables(project: Path) -> None:
-    specs = [T.load_spec(p, "smoke") for p in R.spec_files(project / "specs", None)]
+    specs = [load_spec(p, "smoke") for p in R.spec_files(project / "specs", None)]
     jobs = R.plan(specs, project / "out")
     assert len(jobs) == 3  # softmax, semi-hard (shared by both tables), lambda 0.5
     shared = [j for j in jobs if j.tables == ["cls", "lam"]]
@@ -110,11 +109,11 @@ def test_plan_merges_cells_shared_between_tables(project: Path) -> None:
     assert f"hydra.sweep.dir='{jobs[0].sweep_dir}'" in cmd
 
 
-@pytest.mark.slow  # seven Hydra subprocesses (~8 s on 2 cores)
+@pytest.mark.slow  # four Hydra subprocesses (~3 s)
 def test_runs_missing_then_resumes_only_failed(project: Path, monkeypatch, capsys) -> None:
     out = project / "out"
-    monkeypatch.setenv("FAKE_FAIL_SEEDS", "1")
-    assert run(project) == 1  # incomplete: every seed 1 crashed
+    monkeypatch.setenv("FAKE_FAIL", "0.5:1")
+    assert run(project) == 1  # incomplete: seed 1 of lambda = 0.5 crashed
     first = calls(project)
     assert sorted((c["reg"], c["w"], c["seed"]) for c in first) == sorted(
         (reg, w, s)
@@ -125,20 +124,20 @@ def test_runs_missing_then_resumes_only_failed(project: Path, monkeypatch, capsy
     assert "6 to run" in log.out and "[3/3]" in log.out and "FAILED" in log.out
     assert "simulated crash" in log.out  # tail of the failing run's log
     md = (out / "tables.md").read_text()
-    assert "seed 1: no metrics.json" in md and "(n=1/2)" in md
+    assert "lam: 0.5: seed 1: no metrics.json" in md and "(n=1/2)" in md
 
-    monkeypatch.delenv("FAKE_FAIL_SEEDS")
+    monkeypatch.delenv("FAKE_FAIL")
     assert run(project) == 0
     second = calls(project)[len(first) :]
-    assert sorted(c["seed"] for c in second) == [1, 1, 1]  # only the failed runs again
-    assert "3 finished, 3 to run" in capsys.readouterr().out
+    assert second == [{"seed": 1, "reg": "triplet", "w": 0.5}]  # only the failed run again
+    assert "5 finished, 1 to run" in capsys.readouterr().out
 
     rows = list(csv_rows(out / "tables.csv"))
     acc = {(r["table"], r["row"], r["metric"]): r for r in rows}
     semihard = acc[("cls", "semihard", "test/acc")]
-    ref = [100 * (0.5 + 0.1 + 0.01 * s) for s in (0, 1)]
-    assert float(semihard["mean"]) == pytest.approx(statistics.fmean(ref))
-    assert float(semihard["std"]) == pytest.approx(statistics.stdev(ref), abs=1e-4)
+    # acc = 0.5 + 0.1 * weight + 0.01 * seed: 60 and 61 %, mean 60.5, sample std √0.5
+    assert float(semihard["mean"]) == pytest.approx(60.5)
+    assert float(semihard["std"]) == pytest.approx(0.7071, abs=1e-4)
     # the lambda table reads the very same runs for lambda = 1.0
     assert acc[("lam", "1.0", "test/acc")]["mean"] == semihard["mean"]
     assert float(acc[("lam", "0.5", "test/macro_acc")]["mean"]) == pytest.approx(100 * 0.505)

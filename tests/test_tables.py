@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
+import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from ranking_reg.reporting import tables as T
+from ranking_reg import reporting
+from ranking_reg.integrations.wandb_tables import log_wandb
+from ranking_reg.reporting.build import build_generic_table, build_spec_table
+from ranking_reg.reporting.render import _tex, render_csv, render_latex, render_markdown
+from ranking_reg.reporting.runs import find_runs
+from ranking_reg.reporting.summary import summarize
+from ranking_reg.reporting.table_spec import SCALES, load_spec
+from ranking_reg.tables import main
 from ranking_reg.utils.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,13 +82,17 @@ def spec_file(tmp_path: Path) -> Path:
 
 
 def test_summary_is_mean_and_sample_std() -> None:
-    values = [0.91, 0.87, 0.95, 0.89]
-    s = T.summarize(values)
-    assert s.mean == pytest.approx(np.mean(values))
-    assert s.std == pytest.approx(np.std(values, ddof=1))
-    one = T.summarize([0.5], expected=3)
+    even = summarize([0.80, 0.85, 0.90])
+    assert even.mean == pytest.approx(0.85) and even.std == pytest.approx(0.05)
+    # mean 3.62 / 4; squared deviations 0.005², 0.035², 0.045², 0.015² sum to 0.0035
+    s = summarize([0.91, 0.87, 0.95, 0.89])
+    assert s.mean == pytest.approx(0.905)
+    assert s.std == pytest.approx(math.sqrt(0.0035 / 3))  # sample std (ddof = 1)
+    assert s.std != pytest.approx(math.sqrt(0.0035 / 4))  # not the population std
+    assert s.n == 4 and s.expected == 4
+    one = summarize([0.5], expected=3)
     assert one.mean == 0.5 and one.std is None and one.n == 1 and one.expected == 3
-    assert T.summarize([]).mean is None
+    assert summarize([]).mean is None
 
 
 def test_spec_table_statistics_paper_diff_and_missing(tmp_path: Path, spec_file: Path) -> None:
@@ -99,19 +109,19 @@ def test_spec_table_statistics_paper_diff_and_missing(tmp_path: Path, spec_file:
     make_run(runs_dir, "shw", sh + ["regularizer.weight=0.5"], 2, {"test/acc": 0.99})
     make_run(runs_dir, "sh7", sh, 7, {"test/acc": 0.10})
 
-    spec = T.load_spec(spec_file, "paper")
-    table = T.build_spec_table(spec, T.find_runs([runs_dir]))
+    spec = load_spec(spec_file, "paper")
+    table = build_spec_table(spec, find_runs([runs_dir]))
     (panel,) = table.panels
     assert panel.row_labels == ["Softmax", "semihard"]
     assert panel.column_labels == ["cars", "dogs"]
 
     softmax_cars = panel.entries[(0, 0)]
     mean, std = softmax_cars.ours()
-    ref = [100 * a for a in accs.values()]
-    assert mean == pytest.approx(statistics.fmean(ref))
-    assert std == pytest.approx(statistics.stdev(ref))
+    # 80, 84, 90: mean 254/3; squared deviations sum to 152/3, over n - 1 = 2: 76/3
+    assert mean == pytest.approx(84.6667, abs=1e-4)
+    assert std == pytest.approx(5.0332, abs=1e-4)
     assert softmax_cars.paper == 85.85
-    assert softmax_cars.diff == pytest.approx(statistics.fmean(ref) - 85.85)
+    assert softmax_cars.diff == pytest.approx(-1.1833, abs=1e-4)
 
     semihard_cars = panel.entries[(1, 0)]
     assert semihard_cars.summary.values == [0.70]  # only the finished, listed seed
@@ -126,7 +136,7 @@ def test_spec_table_statistics_paper_diff_and_missing(tmp_path: Path, spec_file:
     text = "\n".join(table.missing)
     assert "seed 1: no metrics.json" in text and "seed 2: no run dir" in text
     assert "Softmax / dogs" in text
-    md = T.render_markdown([table])
+    md = render_markdown([table])
     assert "| Softmax | 84.67 ± 5.03 | 85.85 | -1.18 | missing |  |  |" in md
     assert "70.00 (n=1/3)" in md
     assert "seeds 0, 1, 2; backbone config default; 4/12 runs finished" in md
@@ -138,10 +148,10 @@ def test_ignored_overrides_do_not_split_cells(tmp_path: Path, spec_file: Path) -
     base = ["regularizer=none", "data=digits", "trainer.max_epochs=3"]
     make_run(runs_dir, "a", base + ["data.root=/x", "logger=wandb"], 0, {"test/acc": 0.5})
     make_run(runs_dir, "b", base + ["trainer.devices=2"], 1, {"test/acc": 0.7})
-    spec = T.load_spec(spec_file, "smoke")
-    without = T.build_spec_table(spec, T.find_runs([runs_dir]))
+    spec = load_spec(spec_file, "smoke")
+    without = build_spec_table(spec, find_runs([runs_dir]))
     assert without.panels[0].entries[(0, 0)].summary.values == [0.5]
-    with_ignore = T.build_spec_table(spec, T.find_runs([runs_dir]), ["trainer.devices=2"])
+    with_ignore = build_spec_table(spec, find_runs([runs_dir]), ["trainer.devices=2"])
     assert sorted(with_ignore.panels[0].entries[(0, 0)].summary.values) == [0.5, 0.7]
     # smoke scale has no published values
     assert with_ignore.panels[0].entries[(0, 0)].paper is None
@@ -154,17 +164,17 @@ def test_generic_table_groups_by_config_less_seed(tmp_path: Path) -> None:
         make_run(root, f"w1_{seed}", [], seed, {"test/acc": acc}, regularizer__weight=1.0)
     make_run(root, "w2_0", [], 0, {"test/acc": 0.9, "test/nmi": 0.5}, regularizer__weight=2.0)
     make_run(root, "w2_1", [], 1, None, regularizer__weight=2.0)
-    table = T.build_generic_table(T.find_runs([root]), ["test/acc", "test/nmi"])
+    table = build_generic_table(find_runs([root]), ["test/acc", "test/nmi"])
     (panel,) = table.panels
     rows = dict(zip(panel.row_labels, range(len(panel.row_labels)), strict=True))
     assert set(rows) == {"regularizer.weight=1.0", "regularizer.weight=2.0"}
     w1 = panel.entries[(rows["regularizer.weight=1.0"], 0)]
-    assert w1.ours() == (pytest.approx(70.0), pytest.approx(100 * np.std([0.6, 0.8], ddof=1)))
+    assert w1.ours() == (pytest.approx(70.0), pytest.approx(14.1421, abs=1e-4))  # 100·√0.02
     w2 = panel.entries[(rows["regularizer.weight=2.0"], 1)]
     assert w2.summary.values == [0.5] and w2.summary.expected == 2
     assert len(table.missing) == 1 and "w2_1" in table.missing[0]
     assert "4 run dirs (3 finished)" in table.ran
-    (single,) = T.find_runs([root / "w1_1"])  # a --runs DIR may also be one run
+    (single,) = find_runs([root / "w1_1"])  # a --runs DIR may also be one run
     assert single.seed == 1 and single.metrics == {"test/acc": 0.8}
 
 
@@ -172,8 +182,8 @@ def test_csv_and_latex_carry_the_same_numbers(tmp_path: Path, spec_file: Path) -
     runs_dir = tmp_path / "runs"
     for seed, acc in enumerate([0.8, 0.9, 0.85]):
         make_run(runs_dir, f"r{seed}", ["regularizer=none", "data=cars"], seed, {"test/acc": acc})
-    table = T.build_spec_table(T.load_spec(spec_file, "paper"), T.find_runs([runs_dir]))
-    rows = list(csv.DictReader(io.StringIO(T.render_csv([table]))))
+    table = build_spec_table(load_spec(spec_file, "paper"), find_runs([runs_dir]))
+    rows = list(csv.DictReader(io.StringIO(render_csv([table]))))
     assert len(rows) == 4  # 2 methods x 2 datasets
     first = rows[0]
     assert (first["row"], first["column"], first["metric"]) == ("Softmax", "cars", "test/acc")
@@ -182,9 +192,9 @@ def test_csv_and_latex_carry_the_same_numbers(tmp_path: Path, spec_file: Path) -
     assert float(first["paper"]) == 85.85 and float(first["diff"]) == pytest.approx(-0.85)
     assert first["n"] == "3" and first["n_expected"] == "3"
     assert rows[1]["mean"] == "" and "no run dir" in rows[1]["missing"]
-    tex = T.render_latex([table])
+    tex = render_latex([table])
     assert "\\toprule" in tex and "85.00 $\\pm$ 5.00 & 85.85 & -0.85" in tex
-    assert T._tex("λ_1 & 5% {x} ~ \\") == (
+    assert _tex("λ_1 & 5% {x} ~ \\") == (
         r"$\lambda$\_1 \& 5\% \{x\} \textasciitilde{} \textbackslash{}"
     )
 
@@ -194,14 +204,14 @@ def test_cli_writes_three_files_atomically(tmp_path: Path, spec_file: Path, caps
     make_run(runs_dir, "r0", ["regularizer=none", "data=digits", "trainer.max_epochs=3"], 0,
              {"test/acc": 0.9})  # fmt: skip
     out = tmp_path / "out"
-    assert T.main(["--runs", str(runs_dir), "--out", str(out), "--spec", str(spec_file)]) == 0
+    assert main(["--runs", str(runs_dir), "--out", str(out), "--spec", str(spec_file)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["tables.csv", "tables.md", "tables.tex"]
     assert "90.00 (n=1/2)" in (out / "tables.md").read_text()
     # generic mode over the same dirs
-    assert T.main(["--runs", str(runs_dir), "--out", str(out)]) == 0
+    assert main(["--runs", str(runs_dir), "--out", str(out)]) == 0
     assert "Runs grouped by configuration" in (out / "tables.md").read_text()
     with pytest.raises(SystemExit) as exit_info:
-        T.main(["--runs", str(tmp_path / "nope"), "--out", str(out)])
+        main(["--runs", str(tmp_path / "nope"), "--out", str(out)])
     assert exit_info.value.code == 2
     assert "--runs" in capsys.readouterr().err
 
@@ -211,39 +221,37 @@ def test_user_errors_name_the_file(tmp_path: Path, spec_file: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="bad.yaml: layout.rows"):
-        T.load_spec(path, "smoke")
+        load_spec(path, "smoke")
     typo = dict(SPEC, published={"values": [{"method": "softmaxx", "dataset": "cars", "value": 1}]})
     path.write_text(yaml.safe_dump(typo))
     with pytest.raises(ConfigError, match="method=softmaxx"):
-        T.load_spec(path, "paper")
+        load_spec(path, "paper")
     run = make_run(tmp_path / "runs", "r", [], 0, None)
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match="metrics.json is not valid JSON"):
-        T.find_runs([tmp_path / "runs"])
+        find_runs([tmp_path / "runs"])
 
 
 def test_project_specs_load_and_share_runs() -> None:
     names = {p.stem for p in SPECS}
     assert names == {"classification", "imbalanced", "retrieval", "lambda_ablation"}
     for path in SPECS:
-        for scale in T.SCALES:
-            spec = T.load_spec(path, scale)
+        for scale in SCALES:
+            spec = load_spec(path, scale)
             assert spec.cells() and len(spec.seeds) >= (2 if scale == "smoke" else 1)
     by_name = {p.stem: p for p in SPECS}
-    for scale in T.SCALES:
-        cls = {c.key for c in T.load_spec(by_name["classification"], scale).cells()}
-        ret = {c.key for c in T.load_spec(by_name["retrieval"], scale).cells()}
+    for scale in SCALES:
+        cls = {c.key for c in load_spec(by_name["classification"], scale).cells()}
+        ret = {c.key for c in load_spec(by_name["retrieval"], scale).cells()}
         assert ret == cls  # retrieval reads the classification runs
-        lam = T.load_spec(by_name["lambda_ablation"], scale)
+        lam = load_spec(by_name["lambda_ablation"], scale)
         one = next(c for c in lam.cells() if c.level("lambda").key == "1.0")
         zero = next(c for c in lam.cells() if c.level("lambda").key == "0")
         assert one.key in cls and zero.key in cls  # λ = 1 and λ = 0 rows are shared
 
 
 def test_project_published_numbers_are_the_transcribed_ones() -> None:
-    spec = T.load_spec(
-        REPO / "ranking_reg" / "reporting" / "specs" / "classification.yaml", "paper"
-    )
+    spec = load_spec(REPO / "ranking_reg" / "reporting" / "specs" / "classification.yaml", "paper")
     metric = spec.metrics[0]
     got = {
         (c.level("backbone").key, c.level("method").key, c.level("dataset").key): v
@@ -255,20 +263,36 @@ def test_project_published_numbers_are_the_transcribed_ones() -> None:
     assert got[("resnet50", "hard", "aircraft")] == 87.33
     assert got[("resnet50", "center", "nabirds")] == 65.50
     for other in ("imbalanced", "retrieval", "lambda_ablation"):
-        s = T.load_spec(REPO / "ranking_reg" / "reporting" / "specs" / f"{other}.yaml", "paper")
+        s = load_spec(REPO / "ranking_reg" / "reporting" / "specs" / f"{other}.yaml", "paper")
         assert s.published == [] and "not transcribed" in s.source
+        assert "arXiv 1901.08616" in s.source  # cites the paper, not a local transcript
 
 
 def test_wandb_offline_table(tmp_path: Path, spec_file: Path, monkeypatch) -> None:
     pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    # no WANDB_MODE and no API key (no variable, no netrc): the run must go offline by itself
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     runs_dir = tmp_path / "runs"
     make_run(runs_dir, "r0", ["regularizer=none", "data=cars"], 0, {"test/acc": 0.9})
-    table = T.build_spec_table(T.load_spec(spec_file, "paper"), T.find_runs([runs_dir]))
-    run_dir = Path(T.log_wandb([table], name="test"))
+    table = build_spec_table(load_spec(spec_file, "paper"), find_runs([runs_dir]))
+    run_dir = Path(log_wandb([table], name="test"))
+    assert "offline-run-" in str(run_dir)
     (logged,) = list(run_dir.rglob("*.table.json"))
     data = json.loads(logged.read_text())
-    assert data["columns"] == list(T.CSV_FIELDS)
+    assert data["columns"] == [
+        "table", "panel", "row", "column", "metric", "mean", "std", "n", "n_expected",
+        "paper", "diff", "missing",
+    ]  # fmt: skip
     assert data["data"][0][:6] == ["toy", "", "Softmax", "cars", "test/acc", 90.0]
+
+
+def test_package_reexports_the_table_api() -> None:
+    assert sorted(reporting.__all__) == [
+        "build_tables", "find_runs", "load_spec", "render_markdown", "write_tables",
+    ]  # fmt: skip
+    assert reporting.find_runs is find_runs and reporting.load_spec is load_spec
+    assert reporting.render_markdown is render_markdown

@@ -2,8 +2,8 @@
 
 ``python -m ranking_reg.reproduce --scale smoke|paper --out DIR [overrides ...]``
 
-Reads the table specs (``ranking_reg/reporting/specs/*.yaml``), collects the cells of every table at the
-chosen scale and merges cells with the same overrides (the retrieval table reads the
+Reads the table specs (``ranking_reg/reporting/specs/*.yaml``), collects the cells of every
+table at the chosen scale and merges cells with the same overrides (the retrieval table reads the
 classification runs; the λ = 1 ablation row is the semi-hard classification cell). Each distinct
 configuration gets one sweep dir ``DIR/runs/<overrides>/`` with one run per seed in
 ``seed<N>/``; a run is finished when its ``metrics.json`` exists. Missing seeds of a
@@ -15,8 +15,9 @@ configuration are started as one Hydra multirun::
 so an interrupted reproduction continues where it stopped, a failed run is reported and the next
 configuration starts, and ``--launcher joblib|submitit_slurm`` spreads the seeds over processes
 or a cluster. Finally DIR/tables.md, DIR/tables.csv and DIR/tables.tex are written by
-:mod:`ranking_reg.tables`. Extra overrides (e.g. ``data.root=/data trainer.devices=4``) apply
-to every run but do not identify one: change them only together with a new ``--out``.
+:mod:`ranking_reg.reporting.render`. Extra overrides (e.g. ``data.root=/data
+trainer.devices=4``) apply to every run but do not identify one: change them only together with
+a new ``--out``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ranking_reg.reporting import tables as T
+from ranking_reg.integrations.wandb_tables import log_wandb
+from ranking_reg.reporting.build import build_spec_table
+from ranking_reg.reporting.render import render_markdown, write_tables
+from ranking_reg.reporting.runs import find_runs, run_dir_name
+from ranking_reg.reporting.table_spec import SCALES, TableSpec, load_spec
 from ranking_reg.utils.errors import ConfigError, UserError, exit_with_user_error
+from ranking_reg.utils.io import write_text_atomic
 from ranking_reg.utils.paths import SPECS_DIR
 
 DEFAULT_SPECS = SPECS_DIR
@@ -78,7 +84,7 @@ def spec_files(specs_dir: Path, names: Sequence[str] | None) -> list[Path]:
     return [available[n] for n in names]
 
 
-def plan(specs: Sequence[T.TableSpec], out: Path) -> list[Job]:
+def plan(specs: Sequence[TableSpec], out: Path) -> list[Job]:
     """Distinct configurations over all tables, each with the union of the seeds needed."""
     jobs: dict[tuple[str, ...], Job] = {}
     for spec in specs:
@@ -86,7 +92,7 @@ def plan(specs: Sequence[T.TableSpec], out: Path) -> list[Job]:
             job = jobs.get(cell.key)
             if job is None:
                 label = " / ".join(level.label for level in cell.levels)
-                job = Job(cell.key, cell.overrides, out / "runs" / T.run_dir_name(cell.key))
+                job = Job(cell.key, cell.overrides, out / "runs" / run_dir_name(cell.key))
                 job.label = label
                 jobs[cell.key] = job
             job.seeds.extend(s for s in cell.seeds if s not in job.seeds)
@@ -162,7 +168,9 @@ def run_job(
     if host is not None:
         for seed in seeds:
             if (job.run_dir(seed) / "metrics.json").exists():
-                T.write_atomic(job.run_dir(seed) / "host.json", json.dumps({"host": host}) + "\n")
+                write_text_atomic(
+                    job.run_dir(seed) / "host.json", json.dumps({"host": host}) + "\n"
+                )
     return rc, time.monotonic() - start
 
 
@@ -190,7 +198,7 @@ def reproduce(
     out = Path(out).resolve()
     if "'" in str(out) or "\\" in str(out):
         raise ConfigError(f"--out {out}: choose a directory path without quotes or backslashes.")
-    specs = [T.load_spec(p, scale) for p in spec_files(Path(specs_dir), table_names)]
+    specs = [load_spec(p, scale) for p in spec_files(Path(specs_dir), table_names)]
     jobs = plan(specs, out)
     train_cmd = list(train_cmd or [sys.executable, "-m", "ranking_reg.train"])
     run_extra = list(extra) + ([f"hydra/launcher={launcher}"] if launcher else [])
@@ -229,13 +237,13 @@ def reproduce(
     if dry_run:
         return 0
 
-    runs = T.find_runs([out / "runs"]) if (out / "runs").is_dir() else []
-    built = [T.build_spec_table(spec, runs, extra) for spec in specs]
-    paths = T.write_tables(built, out)
-    print(T.render_markdown(built))
+    runs = find_runs([out / "runs"]) if (out / "runs").is_dir() else []
+    built = [build_spec_table(spec, runs, extra) for spec in specs]
+    paths = write_tables(built, out)
+    print(render_markdown(built))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if wandb:
-        print(f"logged to W&B: {T.log_wandb(built, name=f'tables-{scale}')}")
+        print(f"logged to W&B: {log_wandb(built, name=f'tables-{scale}')}")
     missing = [m for table in built for m in table.missing]
     if failed or missing:
         print(
@@ -256,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the paper's table sweeps that have no results yet and write "
         "OUT/tables.md, OUT/tables.csv, OUT/tables.tex.",
     )
-    parser.add_argument("--scale", default="smoke", choices=T.SCALES)
+    parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--out", default="tables_out", help="output directory (default tables_out)")
     parser.add_argument("--specs", default=str(DEFAULT_SPECS), help="folder of table specs")
     parser.add_argument("--tables", nargs="*", help="only these specs (file stems)")
