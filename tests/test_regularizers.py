@@ -1,15 +1,16 @@
-"""Regularizer wiring: miners by name, the PML path, center loss state, cross-device mining."""
+"""Regularizer wiring: miners from the config, the PML path, center loss state, cross-device terms."""
 
 import os
 import socket
 
 import pytest
+from conftest import compose_config
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
-from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.reducers import MeanReducer
 
 from ranking_reg.losses import SemiHardMiner, batch_hard_triplet_loss, semihard_triplet_loss
@@ -17,9 +18,9 @@ from ranking_reg.losses.regularizers import (
     CenterRegularizer,
     NoRegularizer,
     TripletRegularizer,
-    build_miner,
 )
 from ranking_reg.utils.errors import ConfigError
+from ranking_reg.utils.hydra_utils import build
 
 
 def _batch(seed=0, p=6, k=4, dim=16):
@@ -29,25 +30,52 @@ def _batch(seed=0, p=6, k=4, dim=16):
     return embeddings, labels
 
 
-def test_build_miner_by_name():
-    assert isinstance(build_miner("semihard"), SemiHardMiner)
-    assert isinstance(build_miner("hard"), pml_miners.BatchHardMiner)
-    miner = build_miner("TripletMarginMiner", {"margin": 0.3, "type_of_triplets": "hard"})
-    assert isinstance(miner, pml_miners.TripletMarginMiner) and miner.margin == 0.3
-    assert isinstance(build_miner("MultiSimilarityMiner"), pml_miners.MultiSimilarityMiner)
-    with pytest.raises(ConfigError, match="miner.name=Nope is not a miner.*MultiSimilarityMiner"):
-        build_miner("Nope")
-    with pytest.raises(ConfigError, match="miner.kwargs do not fit"):
-        build_miner("BatchHardMiner", {"bogus": 1})
+def _miner(*overrides):
+    """The miner a run builds for ``overrides`` (composed and instantiated by Hydra)."""
+    cfg = compose_config(list(overrides))
+    return build(cfg.miner, "miner")
+
+
+def test_miner_options_build_their_miner_from_the_config():
+    assert isinstance(_miner("miner=semihard"), SemiHardMiner)
+    assert isinstance(_miner("miner=hard"), pml_miners.BatchHardMiner)
+    default_pml = _miner("miner=pml", "+miner.margin=0.3", "+miner.type_of_triplets=hard")
+    assert isinstance(default_pml, pml_miners.TripletMarginMiner)
+    assert default_pml.margin == 0.3 and default_pml.type_of_triplets == "hard"
+    other = _miner(
+        "miner=pml",
+        "miner._target_=pytorch_metric_learning.miners.MultiSimilarityMiner",
+        "+miner.epsilon=0.25",
+    )
+    assert isinstance(other, pml_miners.MultiSimilarityMiner) and other.epsilon == 0.25
+
+
+def test_a_miner_that_cannot_be_built_names_the_group():
+    with pytest.raises(ConfigError, match="^miner: could not build it.*Nope"):
+        _miner("miner=pml", "miner._target_=pytorch_metric_learning.miners.Nope")
+    with pytest.raises(ConfigError, match="^miner: could not build it.*bogus"):
+        _miner("miner=hard", "+miner.bogus=1")
+
+
+def test_the_regularizer_refuses_what_its_fast_path_cannot_honour():
+    cosine_hard = pml_miners.BatchHardMiner(distance=CosineSimilarity())
+    with pytest.raises(ConfigError, match="miner=hard with distance CosineSimilarity"):
+        TripletRegularizer(miner=cosine_hard)
+    with pytest.raises(ConfigError, match="regularizer.margin is 'soft'"):
+        TripletRegularizer(margin="soft", miner=SemiHardMiner())
+    with pytest.raises(ConfigError, match="not a pytorch-metric-learning miner"):
+        TripletRegularizer(miner=torch.nn.Identity())
+    euclid_hard = pml_miners.BatchHardMiner(distance=LpDistance(power=2))
+    assert TripletRegularizer(margin="soft", miner=euclid_hard).margin == "soft"
 
 
 def test_semihard_and_hard_go_through_the_functional_losses():
     embeddings, labels = _batch()
-    semi = TripletRegularizer(margin=0.2, miner=build_miner("semihard"))(embeddings, labels)
+    semi = TripletRegularizer(margin=0.2, miner=SemiHardMiner())(embeddings, labels)
     assert semi.loss.item() == pytest.approx(semihard_triplet_loss(embeddings, labels, 0.2).item())
     per_pair = semihard_triplet_loss(embeddings, labels, 0.2, reduction="none")
     assert semi.active_fraction.item() == pytest.approx((per_pair > 0).float().mean().item())
-    hard = TripletRegularizer(margin=0.2, miner=build_miner("hard"))(embeddings, labels)
+    hard = TripletRegularizer(margin=0.2, miner=pml_miners.BatchHardMiner())(embeddings, labels)
     assert hard.loss.item() == pytest.approx(
         batch_hard_triplet_loss(embeddings, labels, 0.2).item()
     )
@@ -61,16 +89,6 @@ def test_generic_pml_miner_equals_pml_triplet_margin_loss_with_mean_reducer():
         margin=0.2, distance=LpDistance(power=2), reducer=MeanReducer()
     )(embeddings, labels, miner(embeddings, labels))
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
-
-
-def test_bad_weights_and_margins_are_config_errors():
-    with pytest.raises(ConfigError, match="regularizer.weight=-1"):
-        TripletRegularizer(weight=-1)
-    with pytest.raises(ConfigError, match="regularizer.margin=-0.1"):
-        TripletRegularizer(margin=-0.1)
-    with pytest.raises(ConfigError, match="margin=soft"):
-        TripletRegularizer(margin="soft", miner=build_miner("semihard"))
-    assert TripletRegularizer(margin="soft", miner=build_miner("hard")).margin == "soft"
 
 
 def test_no_regularizer_is_zero_but_connected():
@@ -107,7 +125,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, embeddings, labels, miner_name, queue):
+def _regularizer(kind: str):
+    torch.manual_seed(0)  # the same initial centres in every process
+    if kind == "center":
+        return CenterRegularizer(num_classes=8, embedding_dim=8, weight=0.003, cross_device=True)
+    miner = SemiHardMiner() if kind == "semihard" else pml_miners.BatchHardMiner()
+    return TripletRegularizer(margin=0.2, miner=miner, cross_device=True)
+
+
+KINDS = ("semihard", "hard", "center")
+
+
+def _ddp_worker(rank, world, port, embeddings, labels, queue, done):
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -115,50 +144,66 @@ def _ddp_worker(rank, world, port, embeddings, labels, miner_name, queue):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        share = embeddings.shape[0] // world
-        local = embeddings[rank * share : (rank + 1) * share].clone().requires_grad_(True)
-        local_labels = labels[rank * share : (rank + 1) * share]
-        reg = TripletRegularizer(margin=0.2, miner=build_miner(miner_name), cross_device=True)
-        out = reg(local, local_labels)
-        out.loss.backward()
         from ranking_reg.utils import distributed
 
-        gathered = distributed.gather_with_local_grad(local.detach())
-        gathered_labels = distributed.gather_with_local_grad(local_labels)
-        triplets = [t.tolist() for t in reg.miner(gathered, gathered_labels)]
-        queue.put((rank, out.loss.item(), local.grad.clone(), triplets))
+        share = embeddings.shape[0] // world
+        local_labels = labels[rank * share : (rank + 1) * share]
+        results = {}
+        for kind in KINDS:
+            local = embeddings[rank * share : (rank + 1) * share].clone().requires_grad_(True)
+            reg = _regularizer(kind).train()
+            out = reg(local, local_labels)
+            out.loss.backward()
+            gathered = distributed.gather_with_local_grad(local.detach())
+            gathered_labels = distributed.gather_with_local_grad(local_labels)
+            if kind == "center":
+                state = reg.center_loss.centers.tolist()
+            else:
+                state = [t.tolist() for t in reg.miner(gathered, gathered_labels)]
+            results[kind] = (out.loss.item(), local.grad.tolist(), state)
+        # plain lists, not tensors: a tensor put on the queue lives in this process's shared
+        # memory, which may be gone by the time the parent reads it
+        queue.put((rank, results))
+        done.wait(timeout=60)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("miner_name", ["semihard", "hard"])
-def test_two_processes_mine_the_same_triplets_as_one_process(miner_name):
+def test_two_processes_compute_the_global_batch_terms_of_one_process():
+    """Triplet (both miners) and center terms under DDP equal one process on the whole batch."""
     embeddings, labels = _batch(seed=11, p=8, k=4, dim=8)
     # rank 0 gets classes 0-3, rank 1 classes 4-7 (whole classes per process, as PKBatchSampler)
-    single = embeddings.clone().requires_grad_(True)
-    reg = TripletRegularizer(margin=0.2, miner=build_miner(miner_name), cross_device=True)
-    single_out = reg(single, labels)
-    single_out.loss.backward()
-    single_triplets = [t.tolist() for t in reg.miner(embeddings, labels)]
-
     context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
+    queue, done = context.SimpleQueue(), context.Event()
     port = _free_port()
     processes = [
-        context.Process(
-            target=_ddp_worker, args=(r, 2, port, embeddings, labels, miner_name, queue)
-        )
+        context.Process(target=_ddp_worker, args=(r, 2, port, embeddings, labels, queue, done))
         for r in range(2)
     ]
     for process in processes:
         process.start()
     results = sorted([queue.get() for _ in processes], key=lambda r: r[0])
+    done.set()
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0
-    for rank, loss, grad, triplets in results:
-        # each process optimises world_size x the global loss; DDP's averaging undoes the factor
-        assert loss / 2 == pytest.approx(single_out.loss.item(), rel=1e-6)
-        assert torch.allclose(grad / 2, single.grad[rank * 16 : (rank + 1) * 16], atol=1e-6)
-        assert triplets == single_triplets
+    for kind in KINDS:
+        single = embeddings.clone().requires_grad_(True)
+        reg = _regularizer(kind).train()
+        single_out = reg(single, labels)
+        single_out.loss.backward()
+        if kind == "center":
+            single_state = reg.center_loss.centers.tolist()
+        else:
+            single_state = [t.tolist() for t in reg.miner(embeddings, labels)]
+        for rank, by_kind in results:
+            loss, grad, state = by_kind[kind]
+            # each process optimises world_size x the global loss; DDP's averaging undoes it
+            assert loss / 2 == pytest.approx(single_out.loss.item(), rel=1e-6), kind
+            local_grad = single.grad[rank * 16 : (rank + 1) * 16]
+            assert torch.allclose(torch.tensor(grad) / 2, local_grad, atol=1e-6), kind
+            if kind == "center":
+                assert torch.allclose(torch.tensor(state), torch.tensor(single_state), atol=1e-6)
+            else:
+                assert state == single_state, kind
