@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
+from ranking_reg.metrics import EvaluationResult, Evaluator, notify_evaluation_end
 from ranking_reg.reporting import plots
 from ranking_reg.utils.errors import ConfigError
 
@@ -32,16 +34,6 @@ def test_select_queries_one_per_class_sorted_and_seeded():
     q = plots.select_queries(labels, 8, seed=0)
     assert len(set(q.tolist())) == 8 and set(labels[q]) == set(range(5))
     assert len(plots.select_queries(labels, 100)) == len(labels)
-
-
-def test_nearest_neighbors_matches_brute_force_and_excludes_self():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(30, 4))
-    queries = np.array([0, 7, 29])
-    got = plots.nearest_neighbors(x, queries, 5)
-    for row, q in zip(got, queries, strict=True):
-        dist = [(float(((x[q] - x[i]) ** 2).sum()), i) for i in range(len(x)) if i != q]
-        assert list(row) == [i for _, i in sorted(dist)[:5]]
 
 
 def test_retrieval_grid_borders_and_size():
@@ -79,61 +71,77 @@ class FakeDataset:
         return solid((index * 7 % 256, 50, 200 - index))
 
 
-def fixed_outputs(stage: str = "val") -> dict:
+def fixed_result(stage: str = "val", classify: bool = True) -> EvaluationResult:
     """8 points, 4 classes on a line: 0,1 (class 0) | 2,3 (class 1) | 4,5 (class 2) | 6,7 (class 3).
 
     Point 2 (class 1) sits closer to point 1 (class 0) than to its own class mate 3: its first
-    neighbour is the wrong point 1, its second the right point 3.
+    neighbour is the wrong point 1, its second the right point 3. Predictions 0,0,0,1,2,2,3,2:
+    per-class accuracy 1, 1/2, 1, 1/2. Dataset positions 100..107.
     """
     pos = np.array([0.0, 1.0, 1.6, 3.0, 10.0, 10.5, 20.0, 20.4])
-    emb = np.stack([pos, np.zeros_like(pos)], 1)
-    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    emb = torch.tensor(np.stack([pos, np.zeros_like(pos)], 1), dtype=torch.float32)
     preds = np.array([0, 0, 0, 1, 2, 2, 3, 2])
-    logits = np.eye(4)[preds] * 5.0
-    return {
-        "stage": stage,
-        "embeddings": torch.tensor(emb, dtype=torch.float32),
-        "labels": torch.tensor(labels),
-        "logits": torch.tensor(logits, dtype=torch.float32),
-        "indices": torch.arange(8) + 100,
-    }
+    logits = torch.tensor(np.eye(4)[preds] * 5.0, dtype=torch.float32)
+    return EvaluationResult(
+        stage=stage,
+        metrics={},
+        embeddings=emb,
+        pooled=emb,
+        logits=logits if classify else None,
+        labels=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+        positions=torch.arange(8) + 100,
+    )
+
+
+CELL, PAD = 32 + 8, 2  # the retrieval grid's geometry at thumb_size=32, border=4
+
+
+def grid_border(grid: Image.Image, q: int, j: int) -> tuple[int, int, int]:
+    """The border colour of neighbour ``j`` of query row ``q`` (a grid with captions)."""
+    gap, row_h = CELL // 3, CELL + 12 + 2 * PAD
+    return grid.getpixel((PAD + (1 + j) * (CELL + 2 * PAD) + gap + 1, q * row_h + PAD + 1))
 
 
 def test_render_plots_retrieval_grid_colours_known_neighbours():
-    out = fixed_outputs()
-    labels = out["labels"].numpy()
+    result = fixed_result()
+    labels = result.labels.numpy()
     # 8 queries for 8 points: every point is a query, rows in (label, index) order = index order
     images = render_plots(
-        out, FakeDataset(labels, 4), [5, 5, 5, 5], n_queries=8, n_neighbors=2, thumb_size=32
+        result, FakeDataset(labels, 4), [5, 5, 5, 5], n_queries=8, n_neighbors=2, thumb_size=32
     )
     assert set(images) == set(PLOT_NAMES)
     grid = images["retrieval_grid"]
-    cell, pad = 32 + 8, 2
-    gap, row_h = cell // 3, cell + 12 + 2 * pad
-    assert grid.size == (3 * (cell + 2 * pad) + gap, 8 * row_h)
-
-    def border(q: int, j: int) -> tuple[int, int, int]:
-        return grid.getpixel((pad + (1 + j) * (cell + 2 * pad) + gap + 1, q * row_h + pad + 1))
-
-    assert border(2, 0) == plots.WRONG_COLOR  # point 2's nearest: point 1, class 0
-    assert border(2, 1) == plots.CORRECT_COLOR  # then point 3, class 1
-    assert border(0, 0) == plots.CORRECT_COLOR  # point 0's nearest: point 1, its class mate
-    assert border(0, 1) == plots.WRONG_COLOR  # then point 2
-    # the tiles show the dataset images of the dataset indices (offset by 100 here)
+    gap, row_h = CELL // 3, CELL + 12 + 2 * PAD
+    assert grid.size == (3 * (CELL + 2 * PAD) + gap, 8 * row_h)
+    assert grid_border(grid, 2, 0) == plots.WRONG_COLOR  # point 2's nearest: point 1, class 0
+    assert grid_border(grid, 2, 1) == plots.CORRECT_COLOR  # then point 3, class 1
+    assert grid_border(grid, 0, 0) == plots.CORRECT_COLOR  # point 0's nearest: its class mate 1
+    assert grid_border(grid, 0, 1) == plots.WRONG_COLOR  # then point 2
+    # the tiles show the dataset images of the dataset positions (offset by 100 here)
     expected = FakeDataset(labels, 4).load_image(102).getpixel((0, 0))
-    assert grid.getpixel((pad + cell // 2, 2 * row_h + pad + cell // 2)) == expected
+    assert grid.getpixel((PAD + CELL // 2, 2 * row_h + PAD + CELL // 2)) == expected
     expected = FakeDataset(labels, 4).load_image(101).getpixel((0, 0))
-    x = pad + (cell + 2 * pad) + gap + cell // 2
-    assert grid.getpixel((x, 2 * row_h + pad + cell // 2)) == expected
+    x = PAD + (CELL + 2 * PAD) + gap + CELL // 2
+    assert grid.getpixel((x, 2 * row_h + PAD + CELL // 2)) == expected
+    # More neighbours asked than there are other points: all 7, nearest first.
+    wide = render_plots(result, FakeDataset(labels, 4), n_queries=1, n_neighbors=50)
+    assert wide["retrieval_grid"].size[0] == 8 * (64 + 8 + 2 * PAD) + (64 + 8) // 3
+
+
+def test_render_plots_without_class_head_draws_only_embedding_pictures():
+    result = fixed_result(classify=False)
+    dataset = FakeDataset(result.labels.numpy(), 4)
+    images = render_plots(result, dataset, n_queries=8, n_neighbors=2, thumb_size=32)
+    assert set(images) == {"retrieval_grid", "embedding_projection"}
+    assert grid_border(images["retrieval_grid"], 2, 0) == plots.WRONG_COLOR
+    # Without a dataset: the projection alone, its colours those of the 4 classes.
+    (name,) = render_plots(result)
+    assert name == "embedding_projection"
 
 
 # -- per-class accuracy -------------------------------------------------------------------------
-def test_per_class_accuracy_and_frequency_order():
-    labels = np.array([0, 0, 1, 1, 1, 3])
-    preds = np.array([0, 1, 1, 1, 0, 3])
-    acc = plots.per_class_accuracy(labels, preds, 4)
-    assert acc[0] == 0.5 and acc[1] == pytest.approx(2 / 3) and acc[3] == 1.0
-    assert np.isnan(acc[2])
+def test_frequency_order():
+    # Per-class accuracy itself is ranking_reg.metrics.per_class_accuracy (tests/test_metrics.py).
     assert list(plots.frequency_order([5, 50, 20, 50])) == [1, 3, 2, 0]
 
 
@@ -286,15 +294,136 @@ def test_save_png_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(path.parent) == ["x.png"]
 
 
-# -- the callback in a Lightning run ------------------------------------------------------------
+# -- the callback, called directly ---------------------------------------------------------------
+def stand_in_trainer(
+    epoch: int = 0, fn: str = "fit", loggers: list | None = None, **flags
+) -> SimpleNamespace:
+    """What PlotCallback reads of a Trainer, for ``fixed_result``'s 8 samples."""
+    datamodule = SimpleNamespace(
+        eval_dataset=lambda stage: FakeDataset(np.array([0, 0, 1, 1, 2, 2, 3, 3]), 4),
+        train_class_counts=[9, 6, 6, 3],
+    )
+    return SimpleNamespace(
+        is_global_zero=flags.get("is_global_zero", True),
+        sanity_checking=flags.get("sanity_checking", False),
+        current_epoch=epoch,
+        state=SimpleNamespace(fn=fn),
+        datamodule=datamodule,
+        loggers=loggers or [],
+        global_step=10 * epoch + 7,
+    )
+
+
+def plot_callback(tmp_path, **options) -> PlotCallback:
+    options = {"n_queries": 8, "n_neighbors": 2, "thumb_size": 32, **options}
+    return PlotCallback(str(tmp_path / "plots"), **options)
+
+
+def test_on_evaluation_end_writes_the_pictures_of_the_result(tmp_path):
+    callback = plot_callback(tmp_path)
+    for epoch in (0, 1):
+        callback.on_evaluation_end(stand_in_trainer(epoch), None, fixed_result("val"))
+    expected = sorted(
+        f"val_{n}_{s}.png" for n in PLOT_NAMES for s in ("epoch000", "epoch001", "latest")
+    )
+    assert sorted(os.listdir(tmp_path / "plots")) == expected
+    assert len(callback.written) == 2 * 2 * len(PLOT_NAMES)
+    assert callback.written[-2:] == [
+        str(tmp_path / "plots" / f"val_embedding_projection_{s}.png")
+        for s in ("epoch001", "latest")
+    ]
+    plot_dir = tmp_path / "plots"
+    latest = Image.open(plot_dir / "val_per_class_accuracy_latest.png")
+    assert np.array_equal(
+        np.asarray(latest), np.asarray(Image.open(plot_dir / "val_per_class_accuracy_epoch001.png"))
+    )
+    # The pixels say what the result holds. Bars in train-frequency order (counts 9, 6, 6, 3:
+    # classes 0, 1, 2, 3) of the per-class accuracies 1, 1/2, 1, 1/2.
+    heights = bar_heights(latest.convert("RGB"), plots.BAR_COLOR)
+    assert np.array(heights) / heights[0] == pytest.approx([1.0, 0.5, 1.0, 0.5], abs=0.03)
+    grid = Image.open(plot_dir / "val_retrieval_grid_latest.png").convert("RGB")
+    assert grid_border(grid, 2, 0) == plots.WRONG_COLOR
+    assert grid_border(grid, 2, 1) == plots.CORRECT_COLOR
+    # A test result: its own file names, at the trainer's epoch.
+    callback.on_evaluation_end(stand_in_trainer(3, fn="test"), None, fixed_result("test"))
+    assert (plot_dir / "test_confusion_matrix_epoch003.png").is_file()
+    assert (plot_dir / "test_retrieval_grid_latest.png").is_file()
+
+
+def test_on_evaluation_end_without_class_head(tmp_path):
+    callback = plot_callback(tmp_path)
+    callback.on_evaluation_end(stand_in_trainer(), None, fixed_result(classify=False))
+    assert sorted(os.listdir(tmp_path / "plots")) == sorted(
+        f"val_{n}_{s}.png"
+        for n in ("retrieval_grid", "embedding_projection")
+        for s in ("epoch000", "latest")
+    )
+
+
+def test_on_evaluation_end_every_n_epochs_sanity_check_and_other_ranks(tmp_path):
+    callback = plot_callback(tmp_path, every_n_epochs=2)
+    for epoch in range(4):
+        callback.on_evaluation_end(stand_in_trainer(epoch), None, fixed_result("val"))
+    # Drawn after the 2nd and 4th epochs only (epochs count from 0).
+    assert len(callback.written) == 2 * 2 * len(PLOT_NAMES)
+    assert {os.path.basename(p) for p in callback.written} == {
+        f"val_{n}_{s}.png" for n in PLOT_NAMES for s in ("epoch001", "epoch003", "latest")
+    }
+    callback.written.clear()
+    # Outside fit (trainer.validate) and at test every result is drawn, whatever the epoch.
+    callback.on_evaluation_end(stand_in_trainer(0, fn="validate"), None, fixed_result("val"))
+    callback.on_evaluation_end(stand_in_trainer(0, fn="test"), None, fixed_result("test"))
+    assert len(callback.written) == 2 * 2 * len(PLOT_NAMES)
+    callback.written.clear()
+    # Never for the sanity check, never on other ranks.
+    callback.on_evaluation_end(stand_in_trainer(1, sanity_checking=True), None, fixed_result())
+    callback.on_evaluation_end(stand_in_trainer(1, is_global_zero=False), None, fixed_result())
+    assert callback.written == []
+
+
+def test_callback_rejects_bad_options():
+    with pytest.raises(ConfigError, match="callbacks.plots.projection"):
+        PlotCallback("x", projection="umap")
+    with pytest.raises(ConfigError, match="callbacks.plots.n_neighbors"):
+        PlotCallback("x", n_neighbors=0)
+
+
+def test_callback_logs_pictures_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name=None, version="")
+    callback = plot_callback(tmp_path)
+    trainer = stand_in_trainer(2, loggers=[logger])
+    callback.on_evaluation_end(trainer, None, fixed_result("val"))
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == sorted(f"val/{n}" for n in PLOT_NAMES)
+    (entry,) = events.Images("val/per_class_accuracy")
+    png = Image.open(tmp_path / "plots" / "val_per_class_accuracy_latest.png")
+    assert (entry.width, entry.height) == png.size and entry.step == trainer.global_step
+
+
+def test_callback_warns_instead_of_failing_the_run(tmp_path):
+    callback = plot_callback(tmp_path)
+    broken = fixed_result()
+    broken.labels = broken.labels[:5]  # fewer labels than embeddings
+    with pytest.warns(UserWarning, match="drawing the val pictures failed"):
+        callback.on_evaluation_end(stand_in_trainer(), None, broken)
+    assert not (tmp_path / "plots").exists() and callback.written == []
+
+
+# -- the hand-off in a Lightning run (also used by test_wandb.py) -------------------------------
 class TinyModule(pl.LightningModule):
-    """Sets ``eval_outputs`` in its own epoch-end hooks, as the real module does."""
+    """Scores each evaluation with an Evaluator and hands the result to the callbacks with
+    ``notify_evaluation_end``, as the real module does."""
 
     def __init__(self, n_classes: int = 4) -> None:
         super().__init__()
         self.net = torch.nn.Linear(2, n_classes)
-        self.eval_outputs = None
-        self.collected: list = []
+        self.n_classes = n_classes
+        self.evaluator = Evaluator(ks=(1, 2))
 
     def training_step(self, batch, _):
         x, y, _idx = batch
@@ -302,7 +431,7 @@ class TinyModule(pl.LightningModule):
 
     def _eval_step(self, batch):
         x, y, idx = batch
-        self.collected.append((torch.nn.functional.normalize(x, dim=1), y, self.net(x), idx))
+        self.evaluator.update(self.net(x), torch.nn.functional.normalize(x, dim=1), x, y, idx)
 
     def validation_step(self, batch, _):
         self._eval_step(batch)
@@ -311,17 +440,7 @@ class TinyModule(pl.LightningModule):
         self._eval_step(batch)
 
     def _epoch_end(self, stage):
-        emb, y, logits, idx = (torch.cat(t) for t in zip(*self.collected, strict=True))
-        self.collected = []
-        self.eval_outputs = {
-            "epoch": self.current_epoch,
-            "sanity": self.trainer.sanity_checking,
-            "stage": stage,
-            "embeddings": emb,
-            "labels": y,
-            "logits": logits,
-            "indices": idx,
-        }
+        notify_evaluation_end(self.trainer, self, self.evaluator.compute(stage, self.n_classes))
 
     def on_validation_epoch_end(self):
         self._epoch_end("val")
@@ -369,98 +488,23 @@ def tiny_trainer(
     )
 
 
-def fit_tiny(tmp_path, every_n_epochs: int = 1):
-    callback = PlotCallback(
-        str(tmp_path / "plots"),
-        every_n_epochs=every_n_epochs,
-        n_queries=4,
-        n_neighbors=3,
-        thumb_size=16,
-    )
-    trainer = tiny_trainer(tmp_path, callback, max_epochs=2, num_sanity_val_steps=1)
-    module, data = TinyModule(), TinyData()
-    trainer.fit(module, datamodule=data)
-    return trainer, module, data, callback
-
-
-def test_callback_draws_after_the_module_hook_each_epoch_and_at_test(tmp_path, monkeypatch):
-    import ranking_reg.lightning.plot_callback as plot_callback
+def test_module_hands_each_evaluation_to_the_callback(tmp_path, monkeypatch):
+    import ranking_reg.lightning.plot_callback as plot_callback_module
 
     drawn = []
 
-    def spy(outputs, *args, **kwargs):
-        drawn.append((outputs["stage"], outputs["epoch"], outputs["sanity"]))
-        return render_plots(outputs, *args, **kwargs)
+    def spy(result, *args, **kwargs):
+        drawn.append((result.stage, len(result.labels), result.positions.tolist()))
+        return render_plots(result, *args, **kwargs)
 
-    monkeypatch.setattr(plot_callback, "render_plots", spy)
-    trainer, module, data, callback = fit_tiny(tmp_path)
-    # Each epoch's own outputs (set by the module's epoch-end hook, which Lightning runs after
-    # the callbacks' epoch-end hooks), never the sanity check's.
-    assert drawn == [("val", 0, False), ("val", 1, False)]
-    names = sorted(os.listdir(tmp_path / "plots"))
-    # epochs 0 and 1 (not the sanity check, whose outputs are partial), plus "latest"
-    expected = sorted(
-        f"val_{n}_{s}.png" for n in PLOT_NAMES for s in ("epoch000", "epoch001", "latest")
-    )
-    assert names == expected
-    assert len(callback.written) == 2 * 2 * len(PLOT_NAMES)
-    latest = Image.open(tmp_path / "plots" / "val_per_class_accuracy_latest.png")
-    last = Image.open(tmp_path / "plots" / "val_per_class_accuracy_epoch001.png")
-    assert np.array_equal(np.asarray(latest), np.asarray(last))
+    monkeypatch.setattr(plot_callback_module, "render_plots", spy)
+    callback = PlotCallback(str(tmp_path / "plots"), n_queries=4, n_neighbors=3, thumb_size=16)
+    trainer = tiny_trainer(tmp_path, callback, num_sanity_val_steps=1)
+    module, data = TinyModule(), TinyData()
+    trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data)
-    assert drawn[-1] == ("test", 2, False)
+    # The whole split of each evaluation, never the sanity check's single batch of 8.
+    assert drawn == [("val", 24, list(range(24))), ("test", 24, list(range(24)))]
     grid = Image.open(tmp_path / "plots" / "test_retrieval_grid_latest.png")
     assert grid.size[1] == 4 * (16 + 8 + 12 + 4)  # 4 query rows
-    assert os.path.exists(
-        tmp_path / "plots" / f"test_confusion_matrix_epoch{trainer.current_epoch:03d}.png"
-    )
-
-
-def test_callback_every_n_epochs(tmp_path):
-    fit_tiny(tmp_path, every_n_epochs=2)
-    names = os.listdir(tmp_path / "plots")
-    assert sorted(n for n in names if "epoch" in n) == sorted(
-        f"val_{n}_epoch001.png" for n in PLOT_NAMES
-    )
-
-
-def test_callback_rejects_bad_options():
-    with pytest.raises(ConfigError, match="callbacks.plots.projection"):
-        PlotCallback("x", projection="umap")
-    with pytest.raises(ConfigError, match="callbacks.plots.n_neighbors"):
-        PlotCallback("x", n_neighbors=0)
-
-
-def test_callback_logs_pictures_to_tensorboard(tmp_path):
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logger = TensorBoardLogger(str(tmp_path / "tb"), name=None, version="")
-    callback = PlotCallback(str(tmp_path / "plots"), n_queries=4, n_neighbors=3, thumb_size=16)
-    trainer = tiny_trainer(tmp_path, callback, logger=logger)
-    trainer.fit(TinyModule(), datamodule=TinyData())
-    logger.experiment.flush()
-    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
-    events.Reload()
-    assert sorted(events.Tags()["images"]) == sorted(f"val/{n}" for n in PLOT_NAMES)
-    (entry,) = events.Images("val/per_class_accuracy")
-    png = Image.open(tmp_path / "plots" / "val_per_class_accuracy_latest.png")
-    assert (entry.width, entry.height) == png.size and entry.step == trainer.global_step
-
-
-def test_callback_warns_instead_of_failing_the_run(tmp_path):
-    from types import SimpleNamespace
-
-    callback = PlotCallback(str(tmp_path / "plots"))
-    trainer = SimpleNamespace(
-        is_global_zero=True, datamodule=None, loggers=[], current_epoch=0, global_step=0
-    )
-    with pytest.warns(UserWarning, match="no 'val' eval_outputs"):
-        callback._draw(trainer, SimpleNamespace(eval_outputs=None), "val")
-    with pytest.warns(UserWarning, match="drawing the val pictures failed"):
-        callback._draw(trainer, SimpleNamespace(eval_outputs={"stage": "val"}), "val")
-    assert not (tmp_path / "plots").exists()
-    # other ranks draw nothing at all
-    trainer.is_global_zero = False
-    callback._draw(trainer, SimpleNamespace(eval_outputs=fixed_outputs()), "val")
-    assert not (tmp_path / "plots").exists()
+    assert len(callback.written) == 2 * 2 * len(PLOT_NAMES)

@@ -1,15 +1,17 @@
 """PlotCallback: draw the evaluation pictures (``ranking_reg.reporting.plots``) after each val/test epoch.
 
-The LightningModule leaves ``pl_module.eval_outputs`` (embeddings, labels, logits, dataset
-indices, already gathered, on CPU) in its ``on_{validation,test}_epoch_end``. Lightning 2.x calls
-a callback's hook *before* the module's hook of the same name (``_call_callback_hooks`` then
-``_call_lightning_module_hook`` in ``loops/evaluation_loop.py``), so this callback draws in
-``on_validation_end`` / ``on_test_end``, which run after every epoch-end hook of the loop.
+The LightningModule scores every evaluation with a :class:`~ranking_reg.metrics.Evaluator` and
+hands the :class:`~ranking_reg.metrics.EvaluationResult` (embeddings, labels, logits, dataset
+positions, gathered, on CPU) to the callbacks with
+:func:`~ranking_reg.metrics.notify_evaluation_end`, which calls their ``on_evaluation_end``. An
+explicit hand-off: nothing depends on the order in which Lightning runs the module's and the
+callbacks' epoch-end hooks (it runs a callback's hook *before* the module's of the same name).
 
 Each picture goes to ``<plots_dir>/<stage>_<name>_epoch<NNN>.png`` plus a ``..._latest.png``
 copy (written whole via a temp file and ``os.replace``), whatever the logger, and to every
 W&B or TensorBoard logger as ``<stage>/<name>`` at the trainer's global step. Only global
-rank 0 draws; the sanity-check pass is skipped.
+rank 0 draws; the sanity-check pass is skipped. Without a class head fitting the evaluated
+classes (``result.logits`` is None) only the retrieval grid and the projection are drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
+from ranking_reg.metrics import EvaluationResult, nearest_neighbors, per_class_accuracy
 from ranking_reg.reporting import plots
 from ranking_reg.utils.errors import ConfigError
 from ranking_reg.utils.io import atomic_writer
@@ -31,7 +34,7 @@ PLOT_NAMES = plots.PLOT_NAMES
 
 
 def render_plots(
-    outputs: dict[str, Any],
+    result: EvaluationResult,
     dataset: Any = None,
     train_counts: list[int] | None = None,
     n_queries: int = 16,
@@ -44,28 +47,32 @@ def render_plots(
 ) -> dict[str, Image.Image]:
     """All pictures of one evaluation, keyed by ``PLOT_NAMES``.
 
-    ``outputs`` is the module's ``eval_outputs``; ``dataset`` (optional) supplies ``classes``
+    ``result`` is the evaluator's (or any object with its ``stage``, ``embeddings``,
+    ``labels``, ``logits`` and ``positions``); ``dataset`` (optional) supplies ``classes``
     and ``load_image(i)`` for the retrieval grid, which is left out without it. Without
-    ``train_counts`` the per-class chart orders classes by id (all counts equal).
+    ``train_counts`` the per-class chart orders classes by id (all counts equal). When
+    ``result.logits`` is None (no class head for these classes) the per-class accuracy and
+    the confusion matrix are left out.
     """
-    stage = outputs.get("stage", "eval")
-    emb = _numpy(outputs["embeddings"]).astype(np.float32)
-    labels = _numpy(outputs["labels"]).astype(np.int64)
-    logits = _numpy(outputs["logits"])
-    indices = _numpy(outputs.get("indices", np.arange(len(labels)))).astype(np.int64)
-    n_classes = int(logits.shape[1])
-    preds = logits.argmax(1)
+    stage = getattr(result, "stage", "eval")
+    emb = _numpy(result.embeddings).astype(np.float32)
+    labels = _numpy(result.labels).astype(np.int64)
+    logits = None if result.logits is None else _numpy(result.logits)
+    positions = getattr(result, "positions", None)
+    indices = np.arange(len(labels)) if positions is None else _numpy(positions).astype(np.int64)
     names = list(getattr(dataset, "classes", [])) or None
+    if logits is not None:
+        n_classes = int(logits.shape[1])
+    else:  # the dataset's classes, or as many as the labels need
+        n_classes = max(len(names or []), int(labels.max(initial=-1)) + 1)
     if names is not None and len(names) != n_classes:
         names = None
-    counts = list(train_counts) if train_counts is not None else []
-    if len(counts) != n_classes:
-        counts = [1] * n_classes  # unknown frequencies: classes in id order
 
     images: dict[str, Image.Image] = {}
     if dataset is not None and hasattr(dataset, "load_image") and len(labels) > 1:
         queries = plots.select_queries(labels, n_queries, seed=seed)
-        neighbors = plots.nearest_neighbors(emb, queries, n_neighbors)
+        k = min(n_neighbors, len(labels) - 1)
+        neighbors = nearest_neighbors(emb, k, queries=queries).numpy()
         correct = labels[neighbors] == labels[queries][:, None]
 
         def caption(i: int) -> str:
@@ -81,15 +88,20 @@ def render_plots(
                 for q, row in zip(queries, neighbors, strict=True)
             ],
         )
-    accuracy = plots.per_class_accuracy(labels, preds, n_classes)
-    images["per_class_accuracy"] = plots.per_class_accuracy_chart(
-        accuracy, counts, names, title=f"{stage} per-class accuracy"
-    )
-    cm = plots.confusion_matrix(labels, preds, n_classes)
-    shown = plots.select_confused_classes(cm, max_confusion_classes)
-    images["confusion_matrix"] = plots.confusion_matrix_plot(
-        cm, shown, names, title=f"{stage} confusion"
-    )
+    if logits is not None:
+        preds = logits.argmax(1)
+        counts = list(train_counts) if train_counts is not None else []
+        if len(counts) != n_classes:
+            counts = [1] * n_classes  # unknown frequencies: classes in id order
+        accuracy = per_class_accuracy(preds, labels, n_classes).double().numpy()
+        images["per_class_accuracy"] = plots.per_class_accuracy_chart(
+            accuracy, counts, names, title=f"{stage} per-class accuracy"
+        )
+        cm = plots.confusion_matrix(labels, preds, n_classes)
+        shown = plots.select_confused_classes(cm, max_confusion_classes)
+        images["confusion_matrix"] = plots.confusion_matrix_plot(
+            cm, shown, names, title=f"{stage} confusion"
+        )
     coords, idx = plots.project_2d(emb, projection, max_points=max_points, seed=seed)
     images["embedding_projection"] = plots.embedding_projection_plot(
         coords, labels[idx], n_classes, names, title=f"{stage} embeddings, {projection.upper()}"
@@ -150,25 +162,21 @@ class PlotCallback(pl.Callback):
         }
         self.written: list[str] = []  # paths written, newest last (for tests and summaries)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_evaluation_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: EvaluationResult
+    ) -> None:
+        """Draw ``result``'s pictures (called by :func:`~ranking_reg.metrics.notify_evaluation_end`):
+        on global rank 0 only, never for the sanity check, and during fit every
+        ``every_n_epochs`` validation epochs."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+        fitting = trainer.state.fn == "fit"
+        if result.stage == "val" and fitting and (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self._draw(trainer, pl_module, "val")
+        self._draw(trainer, result)
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._draw(trainer, pl_module, "test")
-
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        outputs = getattr(pl_module, "eval_outputs", None)
-        if not outputs or outputs.get("stage") != stage:
-            rank_zero_warn(
-                f"PlotCallback: the module left no {stage!r} eval_outputs; no pictures drawn."
-            )
-            return
+    def _draw(self, trainer: pl.Trainer, result: EvaluationResult) -> None:
+        stage = result.stage
         datamodule = getattr(trainer, "datamodule", None)
         dataset = None
         counts = None
@@ -177,7 +185,7 @@ class PlotCallback(pl.Callback):
                 dataset = datamodule.eval_dataset(stage)
             counts = getattr(datamodule, "train_class_counts", None)
         try:
-            images = render_plots(outputs, dataset, counts, **self.options)
+            images = render_plots(result, dataset, counts, **self.options)
         except Exception as error:  # a picture is not worth a long training run
             rank_zero_warn(f"PlotCallback: drawing the {stage} pictures failed: {error!r}")
             return

@@ -1,10 +1,12 @@
 """The pictures a researcher looks at after each evaluation: pure functions, arrays in, images out.
 
 - retrieval grid: query images, each followed by its nearest test neighbours in embedding space
-  (the retrieval task that Recall@K scores, Taha et al. 2020 §5), bordered green when the
-  neighbour has the query's class and red otherwise;
-- per-class accuracy, classes sorted by their number of training images (the long tail on the
-  right: what the imbalanced variant does to rare classes);
+  (the retrieval task that Recall@K scores, Taha et al. 2020 §5; the neighbours come from
+  :func:`ranking_reg.metrics.nearest_neighbors`), bordered green when the neighbour has the
+  query's class and red otherwise;
+- per-class accuracy (:func:`ranking_reg.metrics.per_class_accuracy`), classes sorted by their
+  number of training images (the long tail on the right: what the imbalanced variant does to
+  rare classes);
 - confusion matrix of at most ``k`` classes: all of them, or the ``k`` most confused;
 - 2-D projection (PCA or t-SNE) of the embeddings, coloured by class.
 
@@ -60,20 +62,6 @@ def select_queries(labels: np.ndarray, n_queries: int, seed: int = 0) -> np.ndar
         chosen += [int(i) for i in rng.choice(rest, size=n - len(chosen), replace=False)]
     chosen_arr = np.asarray(chosen, dtype=np.int64)
     return chosen_arr[np.lexsort((chosen_arr, labels[chosen_arr]))]
-
-
-def nearest_neighbors(embeddings: np.ndarray, query_idx: np.ndarray, k: int) -> np.ndarray:
-    """``[Q, k]`` indices of each query's ``k`` nearest samples (Euclidean), itself excluded.
-
-    Leave-one-out over the evaluation split, as in the Recall@K protocol; ties go to the lower
-    index (stable sort) so the grid is deterministic.
-    """
-    x = np.asarray(embeddings, dtype=np.float64)
-    q = x[query_idx]
-    dist = (q * q).sum(1, keepdims=True) - 2.0 * q @ x.T + (x * x).sum(1)[None, :]
-    dist[np.arange(len(query_idx)), query_idx] = np.inf
-    k = min(int(k), len(x) - 1)
-    return np.argsort(dist, axis=1, kind="stable")[:, :k]
 
 
 def _thumbnail(image: Image.Image, size: int) -> Image.Image:
@@ -133,18 +121,6 @@ def _clip_text(text: str, width_px: int, char_px: int = 6) -> str:
 
 
 # -- per-class accuracy ---------------------------------------------------------------------------
-def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Recall of each class: correct / test samples of that class (NaN for a class with none).
-
-    Its mean over the classes present is the macro (class-averaged) accuracy.
-    """
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    total = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    hits = np.bincount(labels[labels == preds], minlength=n_classes).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, hits / total, np.nan)
-
-
 def frequency_order(train_counts: Sequence[int]) -> np.ndarray:
     """Class ids by decreasing number of training images (ties: lower class id first)."""
     return np.argsort(-np.asarray(train_counts, dtype=np.int64), kind="stable")
