@@ -38,7 +38,7 @@ def cfg(**over):
         "data": {"name": "flowers102", "imbalance_ratio": None},
         "backbone": {"name": "resnet50"},
         "regularizer": {"name": "triplet", "weight": 1.0},
-        "miner": {"name": "semihard"},
+        "miner": {"_target_": "ranking_reg.losses.SemiHardMiner"},
     }
     return OmegaConf.merge(base, over)
 
@@ -46,9 +46,13 @@ def cfg(**over):
 # -- naming -------------------------------------------------------------------------------------
 def test_run_name_from_the_overrides():
     assert run_name(cfg()) == "flowers102-resnet50-semihard-λ1-s0"
-    assert run_name(cfg(regularizer={"weight": 0.2}, miner={"name": "hard"}, seed=3)) == (
-        "flowers102-resnet50-hard-λ0.2-s3"
-    )
+    assert run_name(
+        cfg(
+            regularizer={"weight": 0.2},
+            miner={"_target_": "pytorch_metric_learning.miners.BatchHardMiner"},
+            seed=3,
+        )
+    ) == ("flowers102-resnet50-hard-λ0.2-s3")
     assert run_name(cfg(regularizer={"name": "none"})) == "flowers102-resnet50-softmax-s0"
     assert run_name(cfg(regularizer={"name": "center", "weight": 0.003})) == (
         "flowers102-resnet50-center-λ0.003-s0"
@@ -331,7 +335,7 @@ def test_hydra_multirun_jobs_are_separate_runs_in_one_group(wandb_tmp, monkeypat
         "defaults: [_self_, {logger: wandb}]\n"
         "task_name: train\nseed: 0\n"
         "data: {name: digits, imbalance_ratio: null}\nbackbone: {name: small_cnn}\n"
-        "regularizer: {name: triplet, weight: 1.0}\nminer: {name: semihard}\n"
+        "regularizer: {name: triplet, weight: 1.0}\nminer: {_target_: ranking_reg.losses.SemiHardMiner}\n"
         "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
     )
     sweep_dir = wandb_tmp / "multirun" / "sweep"
