@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from ranking_reg.data.pk_sampler import PKBatchSampler
@@ -21,6 +22,28 @@ from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
 from ranking_reg.data.transforms import eval_transform, train_transform
 from ranking_reg.utils.errors import ConfigError
+
+
+def check_pk_batch(batch_size: int, samples_per_class: int) -> None:
+    """A batch is P classes x K images: K at most the batch, the batch a multiple of K.
+
+    The range of each key alone (integers >= 1) is the config schema's
+    (:mod:`ranking_reg.config.schema`); this is the rule of the two together, checked when the
+    data module is built, before any data is read.
+    """
+    batch, k = batch_size, samples_per_class
+    if not (isinstance(batch, int) and isinstance(k, int)) or batch < 1 or k < 1:
+        return
+    if k > batch:
+        raise ConfigError(
+            f"data.samples_per_class={k} is larger than data.batch_size={batch}: a batch holds"
+            f" P classes x K images, so K must be at most the batch size (the paper: 32 = 8 x 4)."
+        )
+    if batch % k != 0:
+        raise ConfigError(
+            f"data.batch_size={batch} is not a multiple of data.samples_per_class={k}: a batch"
+            f" holds P classes x K images; use e.g. data.batch_size={batch - batch % k}."
+        )
 
 
 class FGVRDataModule(L.LightningDataModule):
@@ -49,18 +72,7 @@ class FGVRDataModule(L.LightningDataModule):
         **dataset_options: Any,
     ) -> None:
         super().__init__()
-        if imbalance_ratio is not None and imbalance_ratio < 1:
-            raise ConfigError(
-                f"data.imbalance_ratio={imbalance_ratio}: the ratio of the largest to the smallest"
-                " class must be >= 1 (or null for the balanced split)."
-            )
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(
-                f"data.val_fraction={val_fraction} must be in (0, 1): validation (and the best"
-                " checkpoint) needs a held-out part of the training split."
-            )
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0.")
+        check_pk_batch(batch_size, samples_per_class)
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -142,7 +154,8 @@ class FGVRDataModule(L.LightningDataModule):
     def _loader_options(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
+            # pinned memory only helps copies to a GPU; without one torch warns about it
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers,
         }
 

@@ -73,14 +73,26 @@ def accepted_options(name: str) -> list[str] | None:
     return [p.name for p in params if p.name not in _FIXED and p.kind is not p.VAR_POSITIONAL]
 
 
+def needs_root(name: str) -> bool:
+    """Whether dataset ``name`` reads files under ``data.root`` (its builder's ``root`` has no
+    default; the embedded digits take ``root=None``)."""
+    parameter = inspect.signature(get_builder(name)).parameters.get("root")
+    return parameter is None or parameter.default is inspect.Parameter.empty
+
+
 def build_dataset(
-    name: str, root: str | os.PathLike, split: str, transform: Callable | None = None, **options
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    transform: Callable | None = None,
+    **options,
 ) -> Any:
     """The ``split`` ("train": the paper's training split, or "test") of dataset ``name``.
 
     ``options`` are the dataset's config keys (``level``, ``crop_banner``, ``use_bbox``,
     ``skip_corrupt``, ``decode_size``, ``list_file``, ...); an option the dataset does not take
-    raises ConfigError naming it.
+    raises ConfigError naming it. ``root=None`` is for datasets that read no files (digits);
+    the others raise ConfigError naming ``data.root``.
     """
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
@@ -93,4 +105,12 @@ def build_dataset(
                 f"dataset {name!r} has no option {unknown[0]!r} (data.{unknown[0]}); its options "
                 f"are {', '.join(accepted) or 'none'}."
             )
+    if root is None:
+        if needs_root(name):
+            raise ConfigError(
+                f"data={name} reads its images under data.root, which is not set; give"
+                " data.root=/path/to/datasets (the folder that holds the dataset, by default"
+                " ./data or $RR_DATA_ROOT)."
+            )
+        return builder(None, split, transform=transform, **options)
     return builder(os.fspath(root), split, transform=transform, **options)
