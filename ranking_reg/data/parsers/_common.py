@@ -3,6 +3,7 @@ one-paragraph errors for missing or inconsistent data."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -39,10 +40,25 @@ def require_file(name: str, root: str | os.PathLike, path: str, what: str = "") 
     return path
 
 
+def read_text(path: str, what: str = "the file") -> str:
+    """The text of a list file, decoded as UTF-8 (a leading byte-order mark is dropped), or a
+    DataError naming the file, the line of the first undecodable byte and the encoding expected."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {path} is not UTF-8 text: line {line} holds the byte "
+            f"0x{data[error.start]:02x}, which UTF-8 does not allow there. Save the file as UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv)."
+        ) from None
+
+
 def read_lines(path: str) -> list[str]:
-    """Non-empty lines without their line ending."""
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f if line.strip()]
+    """Non-empty lines without their line ending (the file must be UTF-8 text)."""
+    return [line.rstrip("\n") for line in io.StringIO(read_text(path)) if line.strip()]
 
 
 def split_pairs(path: str, expected: int = 2) -> list[list[str]]:
@@ -121,14 +137,11 @@ def stratified_split(
 
     The samples, sorted by path, are split by :func:`ranking_reg.data.splits.stratified_split`
     (per class, ``floor(n * test_fraction + 0.5)`` images go to test, a class always keeps at least
-    one training image; seeded, deterministic).
+    one training image; seeded, deterministic). The range of ``test_fraction``, [0, 1), is the
+    config schema's rule (``data.test_fraction``).
     """
     from ranking_reg.data.splits import stratified_split as split_indices
 
-    if not 0.0 <= float(test_fraction) < 1.0:
-        from ranking_reg.utils.errors import ConfigError
-
-        raise ConfigError(f"option test_fraction must lie in [0, 1), got {test_fraction!r}.")
     ordered = sorted(samples)
     kept, held = split_indices([label for _, label in ordered], float(test_fraction), seed)
     chosen = [ordered[i] for i in (held if split == "test" else kept)]

@@ -13,10 +13,16 @@ test agree.
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 from ranking_reg.data.image_list import ImageListDataset
-from ranking_reg.data.parsers._common import check_listed, check_split, stratified_split
+from ranking_reg.data.parsers._common import (
+    check_listed,
+    check_split,
+    read_text,
+    stratified_split,
+)
 from ranking_reg.utils.errors import ConfigError, DataError
 
 NAME = "csv"
@@ -46,19 +52,19 @@ def _read(path: str) -> list[tuple[str, str, str | None, int]]:
             "'path,label[,split]' rows (relative to data.root or absolute)."
         )
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            row = [cell.strip() for cell in row]
-            if not row or not any(row) or row[0].startswith("#"):
-                continue
-            if number == 1 and row[0].lower() in HEADER_PATH:
-                continue
-            if len(row) not in (2, 3) or not row[0] or not row[1]:
-                raise DataError(
-                    f"line {number} of the list file {path} ({','.join(row)!r}) is not "
-                    "'path,label' or 'path,label,split'."
-                )
-            rows.append((row[0], row[1], row[2] if len(row) == 3 else None, number))
+    text = read_text(path, "the list file")
+    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+        row = [cell.strip() for cell in row]
+        if not row or not any(row) or row[0].startswith("#"):
+            continue
+        if number == 1 and row[0].lower() in HEADER_PATH:
+            continue
+        if len(row) not in (2, 3) or not row[0] or not row[1]:
+            raise DataError(
+                f"line {number} of the list file {path} ({','.join(row)!r}) is not "
+                "'path,label' or 'path,label,split'."
+            )
+        rows.append((row[0], row[1], row[2] if len(row) == 3 else None, number))
     if not rows:
         raise DataError(f"the list file {path} lists no images.")
     return rows
