@@ -1,16 +1,30 @@
 """Start-up validation of a run config: impossible values end in one clear paragraph.
 
-Hydra already rejects unknown group options (``miner=foo``) with the list of available ones; this
-checks the values inside the groups before any data is read or any model is built.
+``validate_config(cfg)`` runs at the top of ``train`` and ``evaluate``, before any data is read or
+any model is built. It checks, in this order:
+
+1. keys left as ``???`` (the chosen config needs a value), named with the command that gives one;
+2. the type and range of every documented key present in ``cfg``: the table in
+   :mod:`ranking_reg.config.schema` (one rule per key, checked nowhere else);
+3. every ``_target_`` imports (``miner._target_=pytorch_metric_learning.miners.Nope`` is named);
+4. the one rule that spans config groups: a triplet regularizer needs at least two classes per
+   P x K batch (``data.batch_size`` / ``data.samples_per_class`` >= 2).
+
+Rules of several keys of one owner live with that owner and run when it is built, right after
+this: the P x K batch shape in ``FGVRDataModule``, ``regularizer.margin=soft`` with the hard miner
+in ``TripletRegularizer``. Hydra itself rejects an unknown group option (``data=foo``) with the
+list of available ones.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from ranking_reg.config.schema import check_schema, check_targets
 from ranking_reg.utils.errors import ConfigError
 
-REGULARIZERS = ("none", "triplet", "center")
+# task_name -> the command that runs it (for the ``???`` message)
+_ENTRY_POINTS = {"train": "ranking_reg.train", "eval": "ranking_reg.evaluate"}
 
 
 def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -27,64 +41,47 @@ def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return found
 
 
+def _from_checkpoint(cfg: DictConfig) -> set[str]:
+    """``evaluate``'s default data (``data=_checkpoint``, no ``name``) is the checkpoint's: there a
+    null key means "the checkpoint's value", so only the keys given a value are checked."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or "name" in data:
+        return set()
+    return {f"data.{key}" for key in data if data._get_node(key)._is_none()}
+
+
+def _is_triplet(regularizer: object) -> bool:
+    if not isinstance(regularizer, DictConfig):
+        return False
+    target = str(regularizer.get("_target_") or "")
+    return target.rsplit(".", 1)[-1] == "TripletRegularizer" or regularizer.get("name") == "triplet"
+
+
+def _check_triplet_batch(cfg: DictConfig) -> None:
+    """A triplet needs a negative from a second class: P = batch / K must be >= 2."""
+    data = cfg.get("data")
+    if not _is_triplet(cfg.get("regularizer")) or not isinstance(data, DictConfig):
+        return
+    batch, k = data.get("batch_size"), data.get("samples_per_class")
+    if not (isinstance(batch, int) and isinstance(k, int)) or k > batch or batch % k:
+        return  # the shape of the batch itself is FGVRDataModule's rule
+    if batch // k < 2:
+        raise ConfigError(
+            f"data.batch_size={batch} with data.samples_per_class={k} gives one class per batch:"
+            " a triplet needs a negative from a second class; use a batch of at least 2 x K"
+            f" (data.batch_size={2 * k}) or another regularizer."
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first impossible option of ``cfg``."""
     missing = _missing_keys(cfg)
     if missing:
+        entry = _ENTRY_POINTS.get(str(cfg.get("task_name")), "ranking_reg.train")
         raise ConfigError(
             f"{', '.join(missing)} must be given (the chosen config leaves it as ???), e.g."
-            f" python -m ranking_reg.train {missing[0]}=..."
+            f" python -m {entry} {missing[0]}=..."
         )
-    regularizer = cfg.regularizer
-    if regularizer.name not in REGULARIZERS:
-        raise ConfigError(
-            f"regularizer.name={regularizer.name} is unknown; use regularizer=none, triplet or center."
-        )
-    if regularizer.weight is None or regularizer.weight < 0:
-        raise ConfigError(
-            f"regularizer.weight={regularizer.weight}: the weight λ of the regularizer must be a"
-            " number >= 0 (the paper: 1.0 for triplet losses, 0.003 for center loss)."
-        )
-    margin = regularizer.get("margin")
-    if regularizer.name == "triplet":
-        if isinstance(margin, str):
-            if margin != "soft" or cfg.miner.name != "hard":
-                raise ConfigError(
-                    f"regularizer.margin={margin}: only miner=hard takes margin=soft; otherwise"
-                    " give a number >= 0 (the paper: 0.2)."
-                )
-        elif margin is None or margin < 0:
-            raise ConfigError(
-                f"regularizer.margin={margin}: the triplet margin must be a number >= 0 (the"
-                " paper: 0.2 on squared distances of L2-normalised embeddings)."
-            )
-    data = cfg.data
-    batch, k = data.batch_size, data.samples_per_class
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError(
-            f"data.samples_per_class={k} must be a positive integer (K, the paper: 4)."
-        )
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"data.batch_size={batch} must be a positive integer.")
-    if k > batch:
-        raise ConfigError(
-            f"data.samples_per_class={k} is larger than data.batch_size={batch}: a batch holds"
-            f" P classes x K images, so K must be at most the batch size (the paper: 32 = 8 x 4)."
-        )
-    if batch % k != 0:
-        raise ConfigError(
-            f"data.batch_size={batch} is not a multiple of data.samples_per_class={k}: a batch"
-            f" holds P classes x K images; use e.g. data.batch_size={max(k, batch - batch % k)}."
-        )
-    if regularizer.name == "triplet" and batch // k < 2:
-        raise ConfigError(
-            f"data.batch_size={batch} with data.samples_per_class={k} gives one class per batch:"
-            " a triplet needs a negative from a second class; use a batch of at least 2 x K."
-        )
-    ratio = data.get("imbalance_ratio")
-    if ratio is not None and ratio < 1:
-        raise ConfigError(
-            f"data.imbalance_ratio={ratio} must be >= 1 (largest / smallest class), or null."
-        )
-    if data.img_size < 8:
-        raise ConfigError(f"data.img_size={data.img_size} is too small; use at least 8 pixels.")
+    check_schema(cfg, skip=_from_checkpoint(cfg))
+    check_targets(cfg)
+    _check_triplet_batch(cfg)
