@@ -1,0 +1,79 @@
+"""The package as a user installs it: the public API and the files a wheel must carry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import REPO
+
+import ranking_reg
+
+
+def test_the_public_api_is_importable_from_the_package_root():
+    from ranking_reg.data import FGVRDataModule, PKBatchSampler, build_dataset
+    from ranking_reg.losses import (
+        CenterLoss,
+        SemiHardMiner,
+        batch_hard_triplet_loss,
+        semihard_triplet_loss,
+    )
+    from ranking_reg.metrics import retrieval_metrics
+    from ranking_reg.models import TwoHeadNet
+
+    expected = {
+        "TwoHeadNet": TwoHeadNet,
+        "semihard_triplet_loss": semihard_triplet_loss,
+        "batch_hard_triplet_loss": batch_hard_triplet_loss,
+        "SemiHardMiner": SemiHardMiner,
+        "CenterLoss": CenterLoss,
+        "retrieval_metrics": retrieval_metrics,
+        "PKBatchSampler": PKBatchSampler,
+        "FGVRDataModule": FGVRDataModule,
+        "build_dataset": build_dataset,
+    }
+    for name, value in expected.items():
+        assert getattr(ranking_reg, name) is value, name
+        assert name in ranking_reg.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ranking_reg.nope  # noqa: B018
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, ranking_reg; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_no_source_file_is_over_400_lines():
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in (REPO / "ranking_reg").rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400
+    }
+    assert long == {}
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_configs_specs_and_console_scripts(tmp_path):
+    """Built from pyproject.toml as pip would (no dependencies installed)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ranking_reg-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    for config in ("train.yaml", "eval.yaml", "model/two_head.yaml", "debug/fast.yaml"):
+        assert f"ranking_reg/conf/{config}" in names, config
+    for spec in ("classification", "retrieval", "imbalanced", "lambda_ablation"):
+        assert f"ranking_reg/reporting/specs/{spec}.yaml" in names, spec
+    for script in ("rr-train", "rr-evaluate", "rr-reproduce", "rr-tables"):
+        assert f"{script} = ranking_reg." in scripts, script
+    assert not [n for n in names if n.startswith(("tests/", "experiments/"))]
