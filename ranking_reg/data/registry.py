@@ -94,7 +94,7 @@ def build_dataset(
     raises ConfigError naming it. ``root=None`` is for datasets that read no files (digits);
     the others raise ConfigError naming ``data.root``.
     """
-    if split not in ("train", "test"):
+    if split not in ("train", "test"):  # checked here once for every builder
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
     builder = get_builder(name)
     accepted = accepted_options(name)

@@ -122,14 +122,6 @@ def ints(values: Any) -> list[int]:
     return [int(v) for v in np.atleast_1d(np.asarray(values)).ravel()]
 
 
-def check_split(split: str) -> str:
-    if split not in ("train", "test"):
-        from ranking_reg.utils.errors import ConfigError
-
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
-    return split
-
-
 def stratified_split(
     samples: list[tuple[str, int]], split: str, test_fraction: float, seed: int
 ) -> list[tuple[str, int]]:

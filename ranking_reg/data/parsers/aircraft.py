@@ -18,7 +18,6 @@ import os
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     check_listed,
-    check_split,
     dataset_dir,
     read_lines,
     require_file,
@@ -43,7 +42,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """FGVC-Aircraft at ``level`` (variant: 100, family: 70, manufacturer: 30 classes)."""
-    check_split(split)
     if level not in LEVELS:
         raise ConfigError(
             f"option level={level!r} of dataset aircraft must be one of {sorted(LEVELS)}."

@@ -21,7 +21,6 @@ from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     as_str,
     check_listed,
-    check_split,
     dataset_dir,
     loadmat,
     mat_field,
@@ -58,7 +57,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """Stanford Cars in either layout; ``use_bbox`` crops every image to its car."""
-    check_split(split)
     base = dataset_dir(NAME, root, FOLDER)
     devkit = os.path.join(base, "devkit")
     single = os.path.join(base, "cars_annos.mat")

@@ -19,7 +19,6 @@ import os
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     check_listed,
-    check_split,
     read_text,
     stratified_split,
 )
@@ -81,7 +80,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """The images of ``list_file`` for ``split``; see the module docstring."""
-    check_split(split)
     if not list_file:
         raise ConfigError(
             "dataset csv needs the option list_file (data.list_file=path/to/list.csv), a CSV "

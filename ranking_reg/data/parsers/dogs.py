@@ -17,7 +17,6 @@ from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     as_str,
     check_listed,
-    check_split,
     dataset_dir,
     ints,
     loadmat,
@@ -84,7 +83,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """Stanford Dogs; ``use_bbox`` crops to the union of the dog boxes of each image."""
-    check_split(split)
     base = dataset_dir(NAME, root, FOLDER)
     entries = {s: _read_list(_list_file(base, root, s)) for s in ("train", "test")}
     names: dict[int, str] = {}

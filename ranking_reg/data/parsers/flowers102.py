@@ -16,7 +16,6 @@ import os
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     check_listed,
-    check_split,
     dataset_dir,
     ints,
     loadmat,
@@ -37,7 +36,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """Flowers-102; train = trnid + valid, test = tstid."""
-    check_split(split)
     base = dataset_dir(NAME, root, FOLDER)
     labels_file = require_file(NAME, root, os.path.join(base, "imagelabels.mat"), "label file")
     setid_file = require_file(NAME, root, os.path.join(base, "setid.mat"), "split file")

@@ -13,7 +13,7 @@ import os
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ranking_reg.data.image_list import ImageListDataset
-from ranking_reg.data.parsers._common import check_split, stratified_split
+from ranking_reg.data.parsers._common import stratified_split
 from ranking_reg.utils.errors import DataError
 
 NAME = "folder"
@@ -33,7 +33,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """Images under ``root`` grouped by class folder; see the module docstring."""
-    check_split(split)
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(

@@ -16,7 +16,6 @@ import os
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     check_listed,
-    check_split,
     dataset_dir,
     require_file,
     split_pairs,
@@ -41,7 +40,6 @@ def build(
     decode_size: int | None = None,
 ) -> ImageListDataset:
     """NABirds' 555 leaf classes; ``use_bbox`` crops every image to its bird."""
-    check_split(split)
     base = dataset_dir(NAME, root, FOLDER)
     images = _table(root, base, "images.txt")
     labels_file = os.path.join(base, "image_class_labels.txt")
