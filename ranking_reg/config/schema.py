@@ -7,200 +7,49 @@ accepts and what it got::
 
     trainer.max_epochs=1.5: expects an integer >= -1 (-1 = no limit); got a float.
 
-The table holds the rules of single keys only (types and ranges); a rule that needs several keys
-together lives with the code that owns those keys (the P x K batch in ``FGVRDataModule``,
-``margin=soft`` with the miner in ``TripletRegularizer``). A key absent from the composed config
-is skipped: configs differ between runs (``evaluate`` has no regularizer, digits no
-``data.level``). Types are strict: ``true`` is not an integer, ``1`` is not a boolean, ``1.5`` is
-not an integer; an integer is a number.
+The table holds the rules of single keys only (types and ranges, in the vocabulary of
+:mod:`ranking_reg.config.rules`); a rule that needs several keys together lives with the code
+that owns those keys (the P x K batch in ``FGVRDataModule``, ``margin=soft`` with the miner in
+``TripletRegularizer``). A key absent from the composed config is skipped: configs differ between
+runs (``evaluate`` has no regularizer, digits no ``data.level``).
 """
 
 from __future__ import annotations
 
-import importlib
-import math
 import re
-from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from collections.abc import Container, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ranking_reg.config.rules import (
+    Rule,
+    any_of,
+    boolean,
+    choice,
+    integer,
+    is_int,
+    is_number,
+    number,
+    string,
+)
+from ranking_reg.config.rules import check_value as check_rule
 from ranking_reg.data.parsers.aircraft import LEVELS as AIRCRAFT_LEVELS
 from ranking_reg.utils.errors import ConfigError
 
-__all__ = ["SCHEMA", "Rule", "check_schema", "check_value", "describe"]
-
-
-def _kind(value: Any) -> str:
-    """The YAML name of ``value``'s type, as the messages say it ("got a float")."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-def describe(value: Any) -> str:
-    """``value`` as it would be written on the command line (``true``, ``null``, ``[0.08, 1.0]``)."""
-    if value is None:
-        return "null"
-    if value == "":
-        return "''"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(describe(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts.
-
-    ``accepts`` is the phrase after "expects" in the message. ``of_type(value)`` says whether the
-    value has an accepted type and ``in_range(value)`` (called only then) whether it lies in the
-    accepted range; a value failing the first is reported by its type ("got a float"), one failing
-    the second by its value ("got -5").
-    """
-
-    accepts: str
-    of_type: Callable[[Any], bool]
-    in_range: Callable[[Any], bool] = lambda value: True
-
-    def problem(self, value: Any) -> str | None:
-        """None when ``value`` is accepted, else the end of the message."""
-        if not self.of_type(value):
-            return f"got {_kind(value)}"
-        if not self.in_range(value):
-            return f"got {describe(value)}"
-        return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    if hi is not None:
-        return f"{'<' if hi_open else '<='} {hi}"
-    return ""
-
-
-def _within(lo, hi, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
-    def check(value: float) -> bool:
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        if lo is not None and (value <= lo if lo_open else value < lo):
-            return False
-        return not (hi is not None and (value >= hi if hi_open else value > hi))
-
-    return check
-
-
-def _phrase(base: str, bounds: str, note: str, null: str | None) -> str:
-    text = " ".join(part for part in (base, bounds) if part)
-    if note:
-        text += f" ({note})"
-    if null is not None:
-        text += f", or null ({null})" if null else ", or null"
-    return text
-
-
-def _nullable(rule: Rule, null: str | None) -> Rule:
-    if null is None:
-        return rule
-    return Rule(
-        rule.accepts,
-        lambda v: v is None or rule.of_type(v),
-        lambda v: v is None or rule.in_range(v),
-    )
-
-
-def integer(
-    lo: int | None = None, hi: int | None = None, note: str = "", null: str | None = None
-) -> Rule:
-    """An integer in [lo, hi] (not a boolean, not a float); ``null`` (its meaning) allows null."""
-    accepts = _phrase("an integer", _bounds(lo, hi, False, False), note, null)
-    return _nullable(Rule(accepts, _is_int, _within(lo, hi)), null)
-
-
-def number(
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    note: str = "",
-    null: str | None = None,
-) -> Rule:
-    """A finite integer or float in the given range (not a boolean)."""
-    accepts = _phrase("a number", _bounds(lo, hi, lo_open, hi_open), note, null)
-    return _nullable(Rule(accepts, _is_number, _within(lo, hi, lo_open, hi_open)), null)
-
-
-def boolean(note: str = "", null: str | None = None) -> Rule:
-    accepts = _phrase("true or false", "", note, null)
-    return _nullable(Rule(accepts, lambda v: isinstance(v, bool)), null)
-
-
-def string(what: str = "a string", null: str | None = None) -> Rule:
-    """Any non-empty string."""
-    return _nullable(
-        Rule(_phrase(what, "", "", null), lambda v: isinstance(v, str), lambda v: bool(v)), null
-    )
-
-
-def choice(*values: Any, note: str = "", null: str | None = None) -> Rule:
-    """One of ``values`` (strings, or integers for e.g. precision 16/32/64)."""
-    listed = "|".join(describe(v) for v in values)
-    accepts = _phrase(f"one of {listed}", "", note, null)
-    kinds = {type(v) for v in values}
-    return _nullable(
-        Rule(accepts, lambda v: type(v) in kinds, lambda v: v in values),
-        null,
-    )
-
-
-def any_of(*rules: Rule, accepts: str) -> Rule:
-    """A value any of ``rules`` accepts; reported by value if one of them takes its type."""
-    return Rule(
-        accepts,
-        lambda v: any(r.of_type(v) for r in rules),
-        lambda v: any(r.of_type(v) and r.in_range(v) for r in rules),
-    )
+__all__ = ["SCHEMA", "check_schema", "check_value"]
 
 
 def _crop_scale(value: Any) -> bool:
-    return len(value) == 2 and all(_is_number(v) for v in value) and 0 < value[0] <= value[1] <= 1
+    return len(value) == 2 and all(is_number(v) for v in value) and 0 < value[0] <= value[1] <= 1
 
 
 def _device_ids(value: Any) -> bool:
     if isinstance(value, str):  # Lightning's "0,1" / "2" / "-1" forms
         parts = [p.strip() for p in value.split(",") if p.strip()]
         return bool(parts) and all(p.lstrip("-").isdigit() for p in parts)
-    return bool(value) and all(_is_int(v) and v >= 0 for v in value)
+    return bool(value) and all(is_int(v) and v >= 0 for v in value)
 
 
 def _lightning_precisions() -> tuple[Any, ...]:
@@ -314,7 +163,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.accelerator": choice("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
     "trainer.precision": choice(*_lightning_precisions()),
     "trainer.devices": any_of(
-        Rule("", _is_int, lambda v: v >= 1 or v == -1),
+        Rule("", is_int, lambda v: v >= 1 or v == -1),
         choice("auto"),
         Rule("", lambda v: isinstance(v, (list, str)), _device_ids),
         accepts='a number of devices >= 1, -1 (all), "auto", or a list of device ids',
@@ -337,19 +186,9 @@ _ABSENT = object()
 _GROUPS = {key.split(".")[0] for key in SCHEMA if "." in key}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def check_value(key: str, value: Any, rule: Rule | None = None) -> None:
-    """ConfigError naming ``key`` when ``value`` is outside its rule (``SCHEMA[key]``)."""
-    rule = rule or SCHEMA[key]
-    value = _plain(value)
-    problem = rule.problem(value)
-    if problem is not None:
-        raise ConfigError(f"{key}={describe(value)}: expects {rule.accepts}; {problem}.")
+    """ConfigError naming ``key`` when ``value`` is outside its rule (default ``SCHEMA[key]``)."""
+    check_rule(key, value, rule or SCHEMA[key])
 
 
 def _lookup(cfg: DictConfig, key: str) -> Any:
@@ -394,54 +233,3 @@ def check_schema(
         value = _lookup(cfg, key)
         if value is not _ABSENT:
             check_value(key, value, rule)
-
-
-def locate(path: str) -> Any:
-    """The object at the import path ``module.Name`` (what ``_target_`` names), or ImportError /
-    AttributeError saying which part is not there."""
-    parts = path.split(".")
-    for end in range(len(parts), 0, -1):
-        module_name = ".".join(parts[:end])
-        try:
-            found = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            missing = error.name or ""
-            if missing and (module_name == missing or module_name.startswith(missing + ".")):
-                continue  # not a module: the rest is an attribute path
-            raise  # the module exists but needs one that is not installed
-        for attribute in parts[end:]:
-            if not hasattr(found, attribute):
-                raise AttributeError(f"{module_name} has no {attribute!r}")
-            found = getattr(found, attribute)
-            module_name = f"{module_name}.{attribute}"
-        return found
-    raise ModuleNotFoundError(f"no module named {parts[0]!r}", name=parts[0])
-
-
-def _target_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of every ``_target_`` outside interpolations and ``hydra``."""
-    found: list[tuple[str, Any]] = []
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        if prefix == "" and key == "hydra":
-            continue
-        child = node._get_node(key)
-        if child is None or child._is_interpolation() or child._is_missing():
-            continue
-        if key == "_target_":
-            found.append((f"{prefix}{key}", child._value()))
-        elif isinstance(child, (DictConfig, ListConfig)):
-            found += _target_keys(child, f"{prefix}{key}.")
-    return found
-
-
-def check_targets(cfg: DictConfig) -> None:
-    """ConfigError naming the first ``_target_`` that does not import (``miner._target_=...Nope``)."""
-    for key, target in _target_keys(cfg):
-        accepts = "expects the import path of a class or function (package.module.Name)"
-        if not isinstance(target, str) or not target:
-            raise ConfigError(f"{key}={describe(target)}: {accepts}; got {_kind(target)}.")
-        try:
-            locate(target)
-        except (ImportError, AttributeError) as error:
-            raise ConfigError(f"{key}={target}: {accepts}; {error}.") from None

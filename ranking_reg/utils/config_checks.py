@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_reg.config.schema import check_schema, check_targets
+from ranking_reg.config.schema import check_schema
+from ranking_reg.config.targets import check_targets
 from ranking_reg.utils.errors import ConfigError
 
 # task_name -> the command that runs it (for the ``???`` message)
