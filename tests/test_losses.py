@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ranking_reg.losses import (
     CenterLoss,
     SemiHardMiner,
+    batch_hard_triplet_indices,
     batch_hard_triplet_loss,
     pairwise_squared_distances,
     semihard_triplet_indices,
@@ -33,49 +32,57 @@ def _sqdist(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
     return ((x[i] - x[j]) ** 2).sum()
 
 
+def _sqdist_table(x: torch.Tensor) -> list[list[float]]:
+    """``||x_i - x_j||²`` as plain Python floats, summed coordinate by coordinate."""
+    rows = x.detach().double().tolist()
+    return [[sum((u - v) ** 2 for u, v in zip(r, s, strict=True)) for s in rows] for r in rows]
+
+
 def ref_semihard(x: torch.Tensor, labels: list[int], margin: float):
     """Plain loops over the definition (FaceNet rule as TF's triplet_semihard_loss)."""
+    d = _sqdist_table(x)
     terms, triplets = [], []
     n_items = len(labels)
     for a in range(n_items):
         for p in range(n_items):
             if p == a or labels[p] != labels[a]:
                 continue
-            d_ap = _sqdist(x, a, p)
             best, best_d, far, far_d = None, math.inf, None, -math.inf
             for n in range(n_items):
                 if labels[n] == labels[a]:
                     continue
-                d_an = _sqdist(x, a, n).item()
-                if d_an > d_ap.item() and d_an < best_d:
-                    best, best_d = n, d_an
-                if d_an > far_d:
-                    far, far_d = n, d_an
+                if d[a][p] < d[a][n] < best_d:
+                    best, best_d = n, d[a][n]
+                if d[a][n] > far_d:
+                    far, far_d = n, d[a][n]
             if far is None:  # no negative at all
                 continue
             n = best if best is not None else far
             triplets.append((a, p, n))
-            terms.append(torch.clamp(d_ap - _sqdist(x, a, n) + margin, min=0))
+            terms.append(torch.clamp(_sqdist(x, a, p) - _sqdist(x, a, n) + margin, min=0))
     return terms, triplets
 
 
 def ref_batch_hard(x: torch.Tensor, labels: list[int], margin):
-    terms = []
+    """Hermans et al.'s batch-hard rule in loops; returns (terms, triplets)."""
+    d = _sqdist_table(x)
+    terms, triplets = [], []
     n_items = len(labels)
     for a in range(n_items):
         pos = [p for p in range(n_items) if p != a and labels[p] == labels[a]]
         neg = [n for n in range(n_items) if labels[n] != labels[a]]
         if not pos or not neg:
             continue
-        p = max(pos, key=lambda j: (_sqdist(x, a, j).item(), -j))
-        n = min(neg, key=lambda j: (_sqdist(x, a, j).item(), j))
+        p = max(pos, key=lambda j: (d[a][j], -j))
+        n = min(neg, key=lambda j: (d[a][j], j))
+        triplets.append((a, p, n))
         diff = _sqdist(x, a, p) - _sqdist(x, a, n)
         terms.append(
             torch.nn.functional.softplus(diff)
             if margin == "soft"
             else torch.clamp(diff + margin, min=0)
         )
-    return terms
+    return terms, triplets
 
 
 def _batches():
@@ -113,14 +120,15 @@ def _batches():
 
 # ----------------------------------------------------------------------------- distances
 def test_pairwise_squared_distances_matches_cdist_and_has_exact_zero_diagonal():
-    x = torch.randn(40, 7, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 7, generator=g, dtype=torch.float64)
     x[5] = x[3]  # a duplicate: its distance may round below 0 and must be clamped
     d = pairwise_squared_distances(x)
     torch.testing.assert_close(d, torch.cdist(x, x) ** 2, atol=1e-10, rtol=1e-10)
     assert torch.all(torch.diagonal(d) == 0)
     assert torch.all(d >= 0)
     assert d[3, 5].item() < 1e-12
-    leaf = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    leaf = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(pairwise_squared_distances, (leaf,))
 
 
@@ -184,9 +192,14 @@ def test_semihard_bf16_autocast_computes_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = semihard_triplet_loss(emb, labels)
         hard = batch_hard_triplet_loss(emb, labels)
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, semihard_triplet_loss(emb.float(), labels))
-    torch.testing.assert_close(hard, batch_hard_triplet_loss(emb.float(), labels))
+    assert loss.dtype == hard.dtype == torch.float32
+    # The bf16 values themselves are exact in float64: the loop references on them are the
+    # truth, and bf16 arithmetic (~3 significant digits) would miss them by far more than 1e-5.
+    exact = emb.double()
+    semihard_terms, _ = ref_semihard(exact, labels.tolist(), 0.2)
+    hard_terms, _ = ref_batch_hard(exact, labels.tolist(), 0.2)
+    torch.testing.assert_close(loss.double(), torch.stack(semihard_terms).mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hard.double(), torch.stack(hard_terms).mean(), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- batch-hard
@@ -195,11 +208,14 @@ def test_semihard_bf16_autocast_computes_in_float32():
 def test_batch_hard_matches_loop_reference(case, margin):
     _, emb, labels = case
     x_ref = emb.clone().requires_grad_(True)
-    ref = torch.stack(ref_batch_hard(x_ref, labels.tolist(), margin)).mean()
+    terms, triplets = ref_batch_hard(x_ref, labels.tolist(), margin)
+    ref = torch.stack(terms).mean()
     ref.backward()
     x = emb.clone().requires_grad_(True)
     loss = batch_hard_triplet_loss(x, labels, margin=margin)
     loss.backward()
+    a, p, n = batch_hard_triplet_indices(emb, labels)
+    assert list(zip(a.tolist(), p.tolist(), n.tolist(), strict=True)) == triplets
     torch.testing.assert_close(loss, ref, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-12, rtol=1e-10)
 
@@ -314,19 +330,35 @@ def test_center_loss_value_gradient_and_update_by_hand():
     torch.testing.assert_close(mean_fn.centers, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
 
 
+def ref_center_update(centers: torch.Tensor, x: torch.Tensor, y: list[int], alpha: float):
+    """Wen et al. (ECCV 2016) Eq. 4 in loops: c_j -= alpha * sum_{y_i = j}(c_j - x_i) / (1 + n_j)."""
+    out = centers.double().clone()
+    for j in range(centers.shape[0]):
+        members = [i for i, label in enumerate(y) if label == j]
+        delta = torch.zeros(centers.shape[1], dtype=torch.float64)
+        for i in members:
+            delta += centers[j].double() - x[i].double()
+        out[j] -= alpha * delta / (1 + len(members))
+    return out
+
+
 def test_center_loss_updates_only_in_training_and_update_centers_matches_forward():
     torch.manual_seed(0)
     a, b = CenterLoss(5, 3), CenterLoss(5, 3)
     b.load_state_dict(a.state_dict())
-    x, y = torch.randn(12, 3), torch.randint(0, 5, (12,))
+    x = torch.randn(12, 3)
+    y = torch.tensor([0, 1, 1, 3, 3, 3, 0, 1, 3, 0, 0, 3])  # class 2 and 4 absent: unchanged
     before = a.centers.clone()
     a.eval()
     a(x, y)
     assert torch.equal(a.centers, before)
     a.train()
     a(x, y)
+    expected = ref_center_update(before, x, y.tolist(), alpha=0.5)
+    torch.testing.assert_close(a.centers.double(), expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(a.centers[[2, 4]], before[[2, 4]])
     b.update_centers(x, y)  # the DDP path: forward(update=False) + an explicit update
-    assert torch.equal(a.centers, b.centers) and not torch.equal(a.centers, before)
+    torch.testing.assert_close(b.centers.double(), expected, atol=1e-6, rtol=1e-6)
     with pytest.raises(ConfigError, match="num_classes"):
         a(x, torch.full((12,), 5))
     with pytest.raises(ConfigError, match="embedding_dim"):
@@ -337,23 +369,7 @@ def test_center_loss_updates_only_in_training_and_update_centers_matches_forward
 def test_semihard_blocking_does_not_change_the_selection(case, monkeypatch):
     # Tiny blocks (3 rows) cross block boundaries inside every slot, full or gathered.
     _, emb, labels = case
-    expected = semihard_triplet_indices(emb, labels)
+    _, expected = ref_semihard(emb, labels.tolist(), 0.2)
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 3 * emb.shape[0])
-    for got, want in zip(semihard_triplet_indices(emb, labels), expected, strict=True):
-        assert torch.equal(got, want)
-
-
-def test_mining_benchmark_quick_run_reports_rows():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_mining.py"
-    spec = importlib.util.spec_from_file_location("bench_mining", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.run(quick=True)
-    semihard = [r for r in rows if r["method"] == "semihard"]
-    assert [r["B"] for r in semihard] == [32, 64, 128]
-    for r in rows:
-        assert r["bench"] == "mining" and r["ours_s"] > 0
-        if r["pml_s"] is not None:
-            assert r["ratio"] == pytest.approx(r["pml_s"] / r["ours_s"])
-    assert semihard[-1]["pml_s"] is None
-    assert "| semihard | 128 |" in bench.markdown_table(rows)
+    a, p, n = semihard_triplet_indices(emb, labels)
+    assert list(zip(a.tolist(), p.tolist(), n.tolist(), strict=True)) == expected
