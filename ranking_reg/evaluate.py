@@ -22,6 +22,7 @@ from ranking_reg.lightning.checkpoint_io import read_checkpoint
 from ranking_reg.lightning.module import RankingRegModule
 from ranking_reg.lightning.trainer import build_trainer
 from ranking_reg.reporting.metrics_table import format_metrics_table
+from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, report_user_errors
 from ranking_reg.utils.hydra_utils import build, task_overrides
 from ranking_reg.utils.io import write_json_atomic
@@ -60,6 +61,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
             "ckpt_path is required. Usage: python -m ranking_reg.evaluate"
             " ckpt_path=<run dir>/checkpoints/best-....ckpt [data.root=...] [data=<name>]"
         )
+    validate_config(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     hparams = checkpoint["hyper_parameters"]
     module = RankingRegModule.from_checkpoint(checkpoint)

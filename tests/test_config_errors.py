@@ -225,7 +225,7 @@ def test_schema_covers_every_documented_key():
         data.list_file data.test_fraction data.root
         backbone.pretrained backbone.weights_file backbone.input_size
         regularizer.weight regularizer.margin regularizer.alpha regularizer.cross_device
-        model.embedding_dim model.embedding_source model.channels_last model.compile
+        model.net.embedding_dim model.net.embedding_source model.channels_last model.compile
         optimizer.lr optimizer.momentum optimizer.weight_decay
         scheduler.power scheduler.warmup_steps
         trainer.max_epochs trainer.max_steps trainer.limit_train_batches trainer.limit_val_batches
@@ -234,18 +234,6 @@ def test_schema_covers_every_documented_key():
         trainer.num_nodes""".split()
     assert set(documented) <= set(SCHEMA)
     assert all(rule.accepts for rule in SCHEMA.values())
-
-
-def test_keys_of_the_flat_model_layout_are_checked_too():
-    # model.embedding_dim / model.embedding_source: the README's names (the model group nests
-    # them under model.net); both spellings have the same rule
-    with pytest.raises(ConfigError, match=r"model.embedding_dim=0: expects an integer >= 1"):
-        check_value("model.embedding_dim", 0)
-    with pytest.raises(ConfigError, match=r"model.embedding_source=x: expects one of flatten"):
-        check_value("model.embedding_source", "x")
-    cfg = OmegaConf.create({"model": {"embedding_dim": 1.5}})
-    with pytest.raises(ConfigError, match="got a float"):
-        validate_config(cfg)
 
 
 def test_absent_keys_are_skipped():

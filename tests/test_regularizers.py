@@ -61,7 +61,7 @@ def test_the_regularizer_refuses_what_its_fast_path_cannot_honour():
     cosine_hard = pml_miners.BatchHardMiner(distance=CosineSimilarity())
     with pytest.raises(ConfigError, match="miner=hard with distance CosineSimilarity"):
         TripletRegularizer(miner=cosine_hard)
-    with pytest.raises(ConfigError, match="regularizer.margin is 'soft'"):
+    with pytest.raises(ConfigError, match="regularizer.margin=soft: this miner takes a number >= 0"):
         TripletRegularizer(margin="soft", miner=SemiHardMiner())
     with pytest.raises(ConfigError, match="not a pytorch-metric-learning miner"):
         TripletRegularizer(miner=torch.nn.Identity())

@@ -36,6 +36,8 @@ from ranking_reg.config.rules import (
 )
 from ranking_reg.config.rules import check_value as check_rule
 from ranking_reg.data.parsers.aircraft import LEVELS as AIRCRAFT_LEVELS
+from ranking_reg.models.backbones import MIN_IMG_SIZE
+from ranking_reg.models.two_head import EMBEDDING_SOURCES
 from ranking_reg.utils.errors import ConfigError
 
 __all__ = ["SCHEMA", "check_schema", "check_value"]
@@ -76,8 +78,9 @@ BATCH_LIMIT = any_of(
 )
 SEED = integer(0, 2**32 - 1)
 EMBEDDING_DIM = integer(1)
+# Values shared with the objects that own them, so the two checks cannot disagree.
 EMBEDDING_SOURCE = choice(
-    "flatten", "pooled", note="flatten: the paper's head on the feature map; pooled: on GAP"
+    *EMBEDDING_SOURCES, note="flatten: the paper's head on the feature map; pooled: on GAP"
 )
 
 SCHEMA: dict[str, Rule] = {
@@ -91,7 +94,7 @@ SCHEMA: dict[str, Rule] = {
     "data.root": string("a folder path", null="only for data=digits"),
     "data.batch_size": integer(1, note="P x K images"),
     "data.samples_per_class": integer(1, note="K images of each class in a batch; the paper: 4"),
-    "data.img_size": integer(8, note="pixels"),
+    "data.img_size": integer(MIN_IMG_SIZE, note="pixels"),
     "data.resize_size": integer(8, note="pixels", null="img_size * 256 / 224"),
     "data.eval_batch_size": integer(1, null="2 x data.batch_size"),
     "data.num_workers": integer(0, note="0 = load in the main process"),
@@ -126,7 +129,7 @@ SCHEMA: dict[str, Rule] = {
     "backbone.pretrained": boolean(),
     "backbone.weights_file": string("a weights file path", null="timm's cache"),
     "backbone.input_size": integer(8, note="pixels"),
-    "backbone.img_size": integer(8, note="pixels; follows data.img_size"),
+    "backbone.img_size": integer(MIN_IMG_SIZE, note="pixels; follows data.img_size"),
     # -- regularizer
     "regularizer.name": string("a regularizer label"),
     "regularizer.weight": number(0, note="λ; the paper: 1 for triplet, 0.003 for center loss"),
@@ -138,8 +141,6 @@ SCHEMA: dict[str, Rule] = {
     "regularizer.alpha": number(0, 1, note="the centre update rate"),
     "regularizer.cross_device": boolean(),
     # -- model (conf/model/two_head.yaml: the net's keys under model.net)
-    "model.embedding_dim": EMBEDDING_DIM,
-    "model.embedding_source": EMBEDDING_SOURCE,
     "model.net.num_classes": integer(1, null="taken from the data"),
     "model.net.embedding_dim": EMBEDDING_DIM,
     "model.net.embedding_source": EMBEDDING_SOURCE,

@@ -16,34 +16,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ranking_reg.data.pk_sampler import PKBatchSampler
+from ranking_reg.data.pk_sampler import PKBatchSampler, check_pk_batch
 from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
 from ranking_reg.data.transforms import eval_transform, train_transform
 from ranking_reg.utils.errors import ConfigError
-
-
-def check_pk_batch(batch_size: int, samples_per_class: int) -> None:
-    """A batch is P classes x K images: K at most the batch, the batch a multiple of K.
-
-    The range of each key alone (integers >= 1) is the config schema's
-    (:mod:`ranking_reg.config.schema`); this is the rule of the two together, checked when the
-    data module is built, before any data is read.
-    """
-    batch, k = batch_size, samples_per_class
-    if not (isinstance(batch, int) and isinstance(k, int)) or batch < 1 or k < 1:
-        return
-    if k > batch:
-        raise ConfigError(
-            f"data.samples_per_class={k} is larger than data.batch_size={batch}: a batch holds"
-            f" P classes x K images, so K must be at most the batch size (the paper: 32 = 8 x 4)."
-        )
-    if batch % k != 0:
-        raise ConfigError(
-            f"data.batch_size={batch} is not a multiple of data.samples_per_class={k}: a batch"
-            f" holds P classes x K images; use e.g. data.batch_size={batch - batch % k}."
-        )
 
 
 class FGVRDataModule(L.LightningDataModule):

@@ -27,6 +27,28 @@ from torch.utils.data import Sampler
 from ranking_reg.utils.errors import ConfigError
 
 
+def check_pk_batch(batch_size: int, samples_per_class: int) -> None:
+    """A batch is P classes x K images: K at most the batch, the batch a multiple of K.
+
+    The one place this rule lives: the sampler checks it when built, and FGVRDataModule calls it
+    when it is built (before any data is read). The range of each key alone is the schema's.
+    """
+    batch, k = batch_size, samples_per_class
+    for key, value in (("batch_size", batch), ("samples_per_class", k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.{key}={value}: expects an integer >= 1; got {value!r}.")
+    if k > batch:
+        raise ConfigError(
+            f"data.samples_per_class={k} is larger than data.batch_size={batch}: a batch holds"
+            f" P classes x K images, so K must be at most the batch size (the paper: 32 = 8 x 4)."
+        )
+    if batch % k != 0:
+        raise ConfigError(
+            f"data.batch_size={batch} is not a multiple of data.samples_per_class={k}: a batch"
+            f" holds P classes x K images; use e.g. data.batch_size={batch - batch % k}."
+        )
+
+
 class PKBatchSampler(Sampler[list[int]]):
     """Yields lists of P x K dataset indices: P distinct classes, K images each."""
 
@@ -39,11 +61,7 @@ class PKBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        if samples_per_class < 1 or batch_size % samples_per_class != 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} must be a positive multiple of"
-                f" data.samples_per_class={samples_per_class} (P classes x K images per batch)."
-            )
+        check_pk_batch(batch_size, samples_per_class)
         self.targets = np.asarray(targets, dtype=np.int64)
         self.k = samples_per_class
         self.p = batch_size // samples_per_class

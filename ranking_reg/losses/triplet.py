@@ -59,14 +59,19 @@ def _check_reduction(reduction: str) -> None:
 
 
 def check_margin(margin: object, allow_soft: bool) -> None:
-    """A margin is a number, or ``"soft"`` (softplus) where the loss allows it (batch-hard)."""
+    """A margin is a number >= 0, or ``"soft"`` (softplus) where the loss allows it (batch-hard).
+
+    The one place this rule lives: the regularizer calls it when it is built, the functional
+    losses when they are called.
+    """
     if allow_soft and margin == "soft":
         return
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Real):
-        allowed = "a number (the paper uses 0.2) or 'soft'" if allow_soft else "a number (0.2)"
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
+        allowed = "a number >= 0 (the paper: 0.2)" + (" or 'soft'" if allow_soft else "")
+        soft = "" if allow_soft or margin != "soft" else " (the soft margin is for miner=hard)"
         raise ConfigError(
-            f"regularizer.margin is {margin!r}, but this miner needs {allowed}. Set "
-            "regularizer.margin accordingly."
+            f"regularizer.margin={margin}: this miner takes {allowed}{soft}; set"
+            " regularizer.margin accordingly."
         )
 
 

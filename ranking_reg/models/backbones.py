@@ -33,6 +33,10 @@ TIMM_DEFAULT_TAGS: dict[str, str] = {
 }
 
 
+# smallest input the backbones take (the schema's data.img_size range uses the same value)
+MIN_IMG_SIZE = 8
+
+
 @dataclass(frozen=True)
 class Backbone:
     """A feature extractor and the shape of the map it returns for ``img_size`` inputs."""
@@ -184,8 +188,10 @@ def build_backbone(
     for Inception-v4), used when ``img_size`` is not given.
     """
     img_size = input_size if img_size is None else img_size
-    if img_size < 8:
-        raise ConfigError(f"data.img_size={img_size} is too small; use at least 8 pixels.")
+    if img_size < MIN_IMG_SIZE:
+        raise ConfigError(
+            f"data.img_size={img_size} is too small; use at least {MIN_IMG_SIZE} pixels."
+        )
     if name == "small_cnn":
         if pretrained:
             raise ConfigError(

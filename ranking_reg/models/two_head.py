@@ -20,6 +20,9 @@ from torch import nn
 from ranking_reg.models.backbones import Backbone
 from ranking_reg.utils.errors import ConfigError
 
+# where the embedding head reads from (the schema's model.net.embedding_source uses the same)
+EMBEDDING_SOURCES = ("flatten", "pooled")
+
 
 class TwoHeadOutput(NamedTuple):
     logits: torch.Tensor  # B x n_classes
@@ -38,13 +41,15 @@ class TwoHeadNet(nn.Module):
         embedding_source: str = "flatten",
     ) -> None:
         super().__init__()
-        if embedding_source not in ("flatten", "pooled"):
+        if embedding_source not in EMBEDDING_SOURCES:
             raise ConfigError(
-                f"model.embedding_source={embedding_source} is unknown; use 'flatten' (the paper)"
-                " or 'pooled'."
+                f"model.net.embedding_source={embedding_source} is unknown; use 'flatten' (the"
+                " paper) or 'pooled'."
             )
         if embedding_dim < 1:
-            raise ConfigError(f"model.embedding_dim={embedding_dim} must be a positive integer.")
+            raise ConfigError(
+                f"model.net.embedding_dim={embedding_dim} must be a positive integer."
+            )
         self.features = backbone.features
         self.embedding_source = embedding_source
         self.classifier = nn.Linear(backbone.channels, num_classes)
