@@ -1,16 +1,19 @@
-"""The launcher and search configs compose with Hydra and run a multirun of a trivial app."""
+"""The launcher and search configs compose with Hydra and run a multirun of a trivial task."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
-import textwrap
 from pathlib import Path
 
+import hydra
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -58,8 +61,73 @@ def test_submitit_slurm_launcher_composes(primary: Path) -> None:
     assert (launcher["nodes"], launcher["partition"], launcher["timeout_min"]) == (2, "gpu", 90)
 
 
-@pytest.mark.slow  # importing optuna takes ~4 s
-def test_lambda_optuna_composes_with_search_space(primary: Path) -> None:
+@pytest.mark.skipif(not (CONF / "train.yaml").exists(), reason="project conf/train.yaml absent")
+def test_configs_compose_with_train_yaml() -> None:
+    cfg = hydra_cfg(CONF, "train", ["hparams_search=lambda_optuna", "hydra/launcher=joblib"])
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.monitor == "val/acc"
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert "regularizer.weight" in cfg.hydra.sweeper.params and "weight" in cfg.regularizer
+
+
+APP = {"seed": 0, "regularizer": {"weight": 1.0, "margin": 0.2}}
+
+
+def trivial_task(cfg) -> float:
+    """The task of the sweeps below: records where and with what it ran, returns -(w - 1)²."""
+    out = HydraConfig.get().runtime.output_dir
+    record = {
+        "seed": cfg.seed,
+        "pid": os.getpid(),
+        "w": cfg.regularizer.weight,
+        "m": cfg.regularizer.margin,
+        "launcher": HydraConfig.get().launcher._target_,
+    }
+    with open(os.path.join(out, "job.json"), "w") as f:
+        json.dump(record, f)
+    return -((cfg.regularizer.weight - 1.0) ** 2)
+
+
+def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str]) -> None:
+    """``python app.py -m OVERRIDES`` for an app whose config path is the project's conf/, in
+    this process, through hydra.main: the plugins run as from the command line, without an
+    interpreter start-up."""
+    ConfigStore.instance().store(name="launcher_app", node=APP)
+    app = hydra.main(version_base="1.3", config_path=str(CONF), config_name="launcher_app")
+    argv = ["launcher_app", "-m", *overrides]
+    argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(tmp_path)
+    try:
+        app(trivial_task)()
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+
+
+@pytest.mark.slow  # starts two loky worker processes
+def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path: Path, monkeypatch) -> None:
+    from joblib.externals.loky import reusable_executor
+
+    sweep = tmp_path / "sweep"
+    try:
+        run_sweep(
+            monkeypatch, tmp_path, ["hydra/launcher=joblib", "seed=3,4", f"hydra.sweep.dir={sweep}"]
+        )
+    finally:
+        executor = getattr(reusable_executor, "_executor", None)
+        if executor is not None:  # its idle workers would otherwise outlive the test
+            executor.shutdown(wait=True)
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/job.json"))]
+    assert sorted(j["seed"] for j in jobs) == [3, 4]
+    assert all(j["launcher"].endswith("JoblibLauncher") for j in jobs)
+    pids = {j["pid"] for j in jobs}
+    assert len(pids) == 2 and os.getpid() not in pids  # two loky worker processes (n_jobs: 2)
+
+
+@pytest.mark.slow  # importing optuna takes ~3 s: one test, so it is imported once
+def test_lambda_optuna_search_space_and_a_three_trial_search(
+    primary: Path, tmp_path: Path, monkeypatch
+) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
@@ -81,64 +149,14 @@ def test_lambda_optuna_composes_with_search_space(primary: Path) -> None:
     assert (margin.low, margin.high) == (0.05, 1.0)
     assert weight.low <= 0.2 and weight.high >= 2.0  # brackets the paper's lambda range
 
-
-@pytest.mark.skipif(not (CONF / "train.yaml").exists(), reason="project conf/train.yaml absent")
-def test_configs_compose_with_train_yaml() -> None:
-    cfg = hydra_cfg(CONF, "train", ["hparams_search=lambda_optuna", "hydra/launcher=joblib"])
-    assert cfg.hydra.sweeper.direction == "maximize" and cfg.monitor == "val/acc"
-    assert cfg.hydra.launcher.n_jobs == 2
-    assert "regularizer.weight" in cfg.hydra.sweeper.params and "weight" in cfg.regularizer
-
-
-APP = textwrap.dedent(
-    """
-    import json, os, hydra
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.hydra_config import HydraConfig
-
-    ConfigStore.instance().store(
-        name="app", node={"seed": 0, "regularizer": {"weight": 1.0, "margin": 0.2}})
-
-    @hydra.main(version_base="1.3", config_path=None, config_name="app")
-    def main(cfg):
-        out = HydraConfig.get().runtime.output_dir
-        with open(os.path.join(out, "job.json"), "w") as f:
-            json.dump({"seed": cfg.seed, "pid": os.getpid(), "w": cfg.regularizer.weight,
-                       "launcher": HydraConfig.get().launcher._target_}, f)
-        return -(cfg.regularizer.weight - 1.0) ** 2
-
-    if __name__ == "__main__":
-        main()
-    """
-)
-
-
-def run_app(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    (tmp_path / "app.py").write_text(APP)
-    cmd = [sys.executable, str(tmp_path / "app.py"), "--config-dir", str(CONF), "-m", *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-@pytest.mark.slow  # a Hydra subprocess with two loky workers (~4 s)
-def test_joblib_multirun_runs_two_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    # A real search over that space: the sweeper maximises what the task returns.
     sweep = tmp_path / "sweep"
-    run_app(tmp_path, ["hydra/launcher=joblib", "seed=3,4", f"hydra.sweep.dir={sweep}"])
-    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/job.json"))]
-    assert sorted(j["seed"] for j in jobs) == [3, 4]
-    assert all(j["launcher"].endswith("JoblibLauncher") for j in jobs)
-    assert len({j["pid"] for j in jobs}) == 2  # two loky worker processes (n_jobs: 2)
-
-
-@pytest.mark.slow  # a Hydra subprocess importing optuna (~4 s)
-def test_optuna_search_runs_trials(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    run_app(
-        tmp_path,
-        ["+hparams_search=lambda_optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"],
-    )
+    overrides = ["+hparams_search=lambda_optuna", "hydra.sweeper.n_trials=3"]
+    run_sweep(monkeypatch, tmp_path, [*overrides, f"hydra.sweep.dir={sweep}"])
     trials = [json.loads(p.read_text()) for p in sweep.glob("*/job.json")]
-    assert len(trials) == 3 and all(0.1 <= t["w"] <= 3.0 for t in trials)
+    assert len(trials) == 3 and len({t["w"] for t in trials}) == 3
+    assert all(0.1 <= t["w"] <= 3.0 and 0.05 <= t["m"] <= 1.0 for t in trials)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(-((t["w"] - 1.0) ** 2) for t in trials))
+    scores = {-((t["w"] - 1.0) ** 2): t for t in trials}
+    assert best["best_value"] == pytest.approx(max(scores))
+    assert best["best_params"]["regularizer.weight"] == pytest.approx(scores[max(scores)]["w"])
