@@ -144,3 +144,26 @@ def test_missing_mandatory_values_are_named(tmp_path):
     cfg = compose_config(["data=csv"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="data.list_file"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["data=flowers102", "data.batch_size=8", "regularizer=center", "regularizer.weight=0.5"],
+        [
+            "miner=pml",
+            "miner._target_=pytorch_metric_learning.miners.MultiSimilarityMiner",
+            "+miner.epsilon=0.25",
+        ],
+        ["experiment=aircraft_resnet50", "trainer.max_steps=5"],
+        ["trainer.max_epochs=1.5", "regularizer.weight=abc", "data.crop_scale=[0.5,1.0]"],
+        ["debug=fast", "callbacks=default", "data.imbalance_ratio=null"],
+    ],
+)
+def test_the_test_helper_composes_what_hydra_composes(overrides):
+    """compose_config caches group selections and applies values itself: it must equal Hydra."""
+    from conftest import hydra_compose
+
+    ours = OmegaConf.to_container(compose_config(overrides))
+    assert ours == OmegaConf.to_container(hydra_compose(overrides))
