@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -18,12 +19,33 @@ REPO = str(Path(__file__).resolve().parents[1])
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from experiments.benchmarks import bench_input, bench_two_head, gpu_check, run_all  # noqa: E402
+from test_losses import ref_semihard  # noqa: E402  (the loop reference of the semi-hard loss)
+
+from experiments.benchmarks import (  # noqa: E402
+    bench_input,
+    bench_mining,
+    bench_two_head,
+    gpu_check,
+    run_all,
+)
 from ranking_reg.utils.errors import ConfigError  # noqa: E402
 
 
 def _positive_finite(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+class FakeClock:
+    """A clock that moves only when told: the benchmarks' arithmetic on known step times."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 # -- two-head overhead ----------------------------------------------------------------------------
@@ -47,48 +69,104 @@ def test_two_head_variants_share_backbone_and_classifier():
 
 
 def test_two_head_step_minimises_ce_plus_semihard_triplet():
-    from ranking_reg.losses import semihard_triplet_loss
-
-    models = bench_two_head.build_models("small_cnn", 32, num_classes=4)
-    images, labels = next(bench_two_head.synthetic_batches(2, 4, 32, torch.device("cpu")))
-    model = models["two_head"].eval()  # eval: BN statistics do not move between the two calls
-    with torch.no_grad():
-        out = model(images)
-        expected = torch.nn.functional.cross_entropy(out.logits, labels) + semihard_triplet_loss(
-            out.embedding, labels, margin=0.2
-        )
-    step = bench_two_head.make_step("two_head", model, torch.device("cpu"), bf16=False)
-    torch.testing.assert_close(step(images, labels), expected)
+    models = bench_two_head.build_models("small_cnn", 16, num_classes=4)
+    images, labels = next(bench_two_head.synthetic_batches(2, 4, 16, torch.device("cpu")))
     assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # P x K
+    model = models["two_head"].eval()  # eval: BN statistics do not move between the two calls
+    reference = copy.deepcopy(model)
+    # The loss from its definition: cross-entropy written out (log-sum-exp minus the true
+    # logit, averaged) + 1.0 x the loop reference of the semi-hard triplet loss (margin 0.2).
+    out = reference(images)
+    ce = torch.stack(
+        [
+            torch.logsumexp(row, 0) - row[y]
+            for row, y in zip(out.logits, labels.tolist(), strict=True)
+        ]
+    ).mean()
+    terms, _ = ref_semihard(out.embedding, labels.tolist(), 0.2)
+    expected = ce + torch.stack(terms).mean()
+    expected.backward()
+
+    step = bench_two_head.make_step("two_head", model, torch.device("cpu"), bf16=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.testing.assert_close(step(images, labels), expected.detach())
+    # One SGD step, lr 0.01 (the momentum buffer starts as the gradient): p <- p - 0.01 g.
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(
+            dict(model.named_parameters())[name].detach(),
+            before[name] - 0.01 * p.grad,
+            atol=1e-6,
+            rtol=1e-5,
+            msg=name,
+        )
 
 
-def test_two_head_quick_rows():
-    rows = bench_two_head.run(quick=True)
-    assert [r["backbone"] for r in rows] == ["resnet18"]
+def test_two_head_quick_rows(monkeypatch):
+    # The quick mode's shape (resnet18 at 64 px, P x K = 2 x 4, 1 warm-up + 2 timed steps) with
+    # small_cnn for speed, and a clock that the steps move by known amounts: softmax 0.5 s, the
+    # two-head steps 0.625 s then 0.75 s (after a warm-up step of 9 s that must not count).
+    clock = FakeClock()
+    two_head_times = iter([9.0, 0.625, 0.75])
+    real_make_step = bench_two_head.make_step
+
+    def make_step(variant, model, device, bf16):
+        step = real_make_step(variant, model, device, bf16)
+
+        def timed(images, labels):
+            clock.advance(0.5 if variant == "softmax" else next(two_head_times))
+            return step(images, labels)
+
+        return timed
+
+    monkeypatch.setattr(bench_two_head, "make_step", make_step)
+    monkeypatch.setattr(bench_two_head, "_clock", lambda device, kind: clock)
+    rows = bench_two_head.run(quick=True, backbones=("small_cnn",))
+    assert len(rows) == 1
     row = rows[0]
     assert row["bench"] == "two_head" and row["device"] == "cpu" and row["batch"] == 8
-    for key in ("softmax_s", "two_head_s", "ratio", "softmax_ips", "two_head_ips"):
-        assert _positive_finite(row[key]), key
-    low, high = row["ratio_iqr"]
-    assert 0 < low <= row["ratio"] <= high and math.isfinite(high)
-    assert row["overhead_pct"] == pytest.approx(100 * (row["ratio"] - 1))
-    # resnet18 at 64 px: a 512 x 2 x 2 map, so the embedding head adds 2048 x 256 + 256 weights.
-    assert row["params_two_head_m"] - row["params_softmax_m"] == pytest.approx(0.524544)
-    assert "| resnet18 | cpu | fp32 | 8 | 64 |" in bench_two_head.markdown_table(rows)
+    assert (row["backbone"], row["img_size"], row["steps"]) == ("small_cnn", 64, 2)
+    # medians: softmax 0.5 s, two-head (0.625 + 0.75) / 2; pair ratios 1.25 and 1.5
+    assert row["softmax_s"] == 0.5 and row["two_head_s"] == pytest.approx(0.6875)
+    assert row["softmax_ips"] == 16.0 and row["two_head_ips"] == pytest.approx(8 / 0.6875)
+    assert row["ratio"] == pytest.approx(1.375) and row["overhead_pct"] == pytest.approx(37.5)
+    assert row["ratio_iqr"] == pytest.approx([1.3125, 1.4375])  # quartiles of {1.25, 1.5}
+    # small_cnn at 64 px: a 128 x 8 x 8 map, so the embedding head adds 8192 x 256 + 256 weights.
+    assert row["params_two_head_m"] - row["params_softmax_m"] == pytest.approx(2.097408)
+    table = bench_two_head.markdown_table(rows)
+    assert "| small_cnn | cpu | fp32 | 8 | 64 |" in table and "| +37.5 % |" in table
 
 
 # -- input pipeline -------------------------------------------------------------------------------
 
 
-def test_input_quick_rows_and_jpeg_cache(tmp_path):
+def test_input_quick_rows_and_jpeg_cache(tmp_path, monkeypatch):
+    # Every image costs a known time on a fake thread clock: 4 ms through torchvision's
+    # ImageFolder, 5 / 2 / 2.5 ms through ours with decode_size None / 64 / 73.
+    clock = FakeClock()
+    cost = {None: 0.005, 64: 0.002, 73: 0.0025}
+
+    class TimedImageFolder(bench_input.ImageFolder):
+        def __getitem__(self, index):
+            clock.advance(0.004)
+            return super().__getitem__(index)
+
+    class TimedImageList(bench_input.ImageListDataset):
+        def __getitem__(self, index):
+            clock.advance(cost[self.decode_size])
+            return super().__getitem__(index)
+
+    monkeypatch.setattr(bench_input, "ImageFolder", TimedImageFolder)
+    monkeypatch.setattr(bench_input, "ImageListDataset", TimedImageList)
+    monkeypatch.setattr(bench_input, "time", types.SimpleNamespace(thread_time=clock))
     rows = bench_input.run(quick=True, cache_dir=tmp_path)
     assert [r["decode_size"] for r in rows] == [None, 64, 73]
     for row in rows:
         assert row["bench"] == "input" and row["images"] == 12 and row["image_wh"] == "400x300"
-        for key in ("torchvision_ips", "ours_ips", "ratio"):
-            assert _positive_finite(row[key]), key
-        assert row["ratio"] == pytest.approx(row["ours_ips"] / row["torchvision_ips"])
-    assert len({r["torchvision_ips"] for r in rows}) == 1  # one baseline, timed with all of them
+        assert row["torchvision_ips"] == pytest.approx(250.0)  # 1 / 4 ms
+    assert [r["ours_ips"] for r in rows] == pytest.approx([200.0, 500.0, 400.0])
+    assert [r["ratio"] for r in rows] == pytest.approx([0.8, 2.0, 1.6])  # ours / torchvision
+    assert "| decode_size=64 | 12 | 400x300 |" in bench_input.markdown_table(rows)
+    assert "| 250.0 | 500.0 | 2.00x |" in bench_input.markdown_table(rows)
     files = sorted(tmp_path.rglob("*.jpg"))
     assert len(files) == 12 and len({f.parent.name for f in files}) == bench_input.CLASSES
     with Image.open(files[0]) as im:
@@ -98,6 +176,31 @@ def test_input_quick_rows_and_jpeg_cache(tmp_path):
     stamps = [f.stat().st_mtime_ns for f in files]
     bench_input.run(quick=True, cache_dir=tmp_path, decode_sizes=(64,))
     assert [f.stat().st_mtime_ns for f in files] == stamps  # reused, not regenerated
+
+
+# -- mining ---------------------------------------------------------------------------------------
+
+
+def test_mining_quick_rows_and_speedup_column(monkeypatch):
+    rows = bench_mining.run(quick=True)
+    semihard = [r for r in rows if r["method"] == "semihard"]
+    hard = [r for r in rows if r["method"] == "batch_hard"]
+    assert [r["B"] for r in semihard] == [r["B"] for r in hard] == [32, 64, 128]
+    assert all(r["bench"] == "mining" and _positive_finite(r["ours_s"]) for r in rows)
+    # PML's O(B³) semi-hard miner only at the small sizes; its batch-hard miner at all of them
+    assert [r["pml_s"] is None for r in semihard] == [False, False, True]
+    assert all(_positive_finite(r["pml_s"]) for r in hard)
+
+    # With known times (ours 2 ms, PML 10 ms) the speed-up is PML / ours = 5.
+    def fixed(loss_fns, x, y, repeats):
+        return [0.002, 0.010][: len(loss_fns)]
+
+    monkeypatch.setattr(bench_mining, "_median_seconds", fixed)
+    rows = bench_mining.run(quick=True)
+    assert [r["ratio"] for r in rows] == pytest.approx([5.0, 5.0, 5.0, 5.0, None, 5.0])
+    table = bench_mining.markdown_table(rows)
+    assert "| semihard | 32 | 2.0 | 10.0 | 5.0x |" in table
+    assert "| semihard | 128 | 2.0 | — | — |" in table
 
 
 # -- run_all --------------------------------------------------------------------------------------
@@ -188,7 +291,11 @@ def test_gpu_check_without_cuda_says_so(capsys):
     assert "no CUDA device is visible" in err and "--cpu" in err
 
 
-def test_gpu_check_cpu_quick(tmp_path, capsys):
+def test_gpu_check_cpu_quick(tmp_path, capsys, monkeypatch):
+    # The quick mode with small_cnn at 32 px on 8 small JPEGs (2 classes of K = 4): the same
+    # code path (synthetic steps, a 1-worker loader, steps fed by it) in a fraction of the time.
+    small = {"backbone": "small_cnn", "img_size": 32, "images": 8, "wh": (64, 48)}
+    monkeypatch.setattr(gpu_check, "QUICK", {**gpu_check.QUICK, **small})
     out = tmp_path / "gpu.json"
     threads = torch.get_num_threads()
     assert gpu_check.main(["--cpu", "--quick", "--workers", "1", "--out", str(out)]) == 0
@@ -196,8 +303,9 @@ def test_gpu_check_cpu_quick(tmp_path, capsys):
     assert [r["check"] for r in rows] == ["synthetic", "loader", "real input", "ddp smoke"]
     for row in (rows[0], rows[2]):
         assert _positive_finite(row["ratio"]) and row["precision"] == "fp32"
-        assert row["channels_last"] is True and row["batch"] == 8
+        assert row["channels_last"] is True and row["batch"] == 8 and row["img_size"] == 32
     assert _positive_finite(rows[1]["loader_ips"]) and rows[3]["skipped"] is True
+    assert rows[1]["setting"] == "1 workers, decode_size=32, 64x48 JPEGs"
     assert torch.get_num_threads() == threads  # the CPU mode's one thread is not left behind
     printed = capsys.readouterr().out
-    assert "| synthetic | resnet18, 2x4 @ 64 px, fp32, channels_last |" in printed
+    assert "| synthetic | small_cnn, 2x4 @ 32 px, fp32, channels_last |" in printed
