@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ranking_reg.utils.errors import ConfigError
-
 TEST_FRACTION = 0.25
 
 
@@ -50,15 +48,13 @@ class ArrayImageDataset:
 
 
 def build_digits(
-    root: str | None = None, split: str = "train", transform: Callable | None = None, **options
+    root: str | None = None, split: str = "train", transform: Callable | None = None
 ) -> ArrayImageDataset:
-    """The digits ``train`` or ``test`` split (``root`` is ignored: the data is embedded)."""
-    if options:
-        raise ConfigError(
-            f"data=digits does not take the option(s) {', '.join(sorted(options))}; remove them."
-        )
-    if split not in ("train", "test"):
-        raise ConfigError(f"digits has the splits 'train' and 'test', not '{split}'.")
+    """The digits ``train`` or ``test`` split (``root`` is ignored: the data is embedded).
+
+    Called through :func:`ranking_reg.data.build_dataset`, which checks the split name and
+    refuses options digits does not take.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -73,12 +69,3 @@ def build_digits(
     names = [f"sklearn-digits/{i:04d}" for i in chosen]
     classes = [str(d) for d in range(10)]
     return ArrayImageDataset(images[chosen], bunch.target[chosen], classes, names, transform)
-
-
-def _register() -> None:
-    from ranking_reg.data.registry import register_dataset
-
-    register_dataset("digits", build_digits)
-
-
-_register()
