@@ -111,3 +111,13 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb_singleton():
+    """W&B keeps process-wide settings (its singleton) from the first ``wandb.init``; a test
+    that changes the environment (no key, another WANDB_DIR) must not leak them into the next."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and hasattr(wandb, "teardown"):
+        wandb.teardown()
