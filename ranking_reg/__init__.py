@@ -8,44 +8,29 @@ Names are resolved on first use, so ``import ranking_reg`` stays cheap (no torch
 command-line tools that do not need it.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from ranking_reg.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
-_EXPORTS = {
-    "TwoHeadNet": "ranking_reg.models",
-    "TwoHeadOutput": "ranking_reg.models",
-    "build_backbone": "ranking_reg.models",
-    "semihard_triplet_loss": "ranking_reg.losses",
-    "batch_hard_triplet_loss": "ranking_reg.losses",
-    "SemiHardMiner": "ranking_reg.losses",
-    "CenterLoss": "ranking_reg.losses",
-    "TripletRegularizer": "ranking_reg.losses",
-    "CenterRegularizer": "ranking_reg.losses",
-    "NoRegularizer": "ranking_reg.losses",
-    "retrieval_metrics": "ranking_reg.metrics",
-    "classification_metrics": "ranking_reg.metrics",
-    "Evaluator": "ranking_reg.metrics",
-    "PKBatchSampler": "ranking_reg.data",
-    "FGVRDataModule": "ranking_reg.data",
-    "build_dataset": "ranking_reg.data",
-    "RankingRegModule": "ranking_reg.lightning",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ranking_reg' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "TwoHeadNet": "ranking_reg.models",
+        "TwoHeadOutput": "ranking_reg.models",
+        "build_backbone": "ranking_reg.models",
+        "semihard_triplet_loss": "ranking_reg.losses",
+        "batch_hard_triplet_loss": "ranking_reg.losses",
+        "SemiHardMiner": "ranking_reg.losses",
+        "CenterLoss": "ranking_reg.losses",
+        "TripletRegularizer": "ranking_reg.losses",
+        "CenterRegularizer": "ranking_reg.losses",
+        "NoRegularizer": "ranking_reg.losses",
+        "retrieval_metrics": "ranking_reg.metrics",
+        "classification_metrics": "ranking_reg.metrics",
+        "Evaluator": "ranking_reg.metrics",
+        "PKBatchSampler": "ranking_reg.data",
+        "FGVRDataModule": "ranking_reg.data",
+        "build_dataset": "ranking_reg.data",
+        "RankingRegModule": "ranking_reg.lightning",
+    },
+)

@@ -15,12 +15,8 @@ import os
 from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_reg.lightning.checkpoint_io import read_checkpoint
-from ranking_reg.lightning.module import RankingRegModule
-from ranking_reg.lightning.trainer import build_trainer
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, report_user_errors
@@ -62,6 +58,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
             " ckpt_path=<run dir>/checkpoints/best-....ckpt [data.root=...] [data=<name>]"
         )
     validate_config(cfg)
+    import lightning as L
+
+    from ranking_reg.lightning.checkpoint_io import read_checkpoint
+    from ranking_reg.lightning.module import RankingRegModule
+    from ranking_reg.lightning.trainer import build_trainer
+
     checkpoint = read_checkpoint(cfg.ckpt_path)
     hparams = checkpoint["hyper_parameters"]
     module = RankingRegModule.from_checkpoint(checkpoint)

@@ -10,21 +10,23 @@ the best value of ``monitor`` (``val/acc``) so Hydra sweepers (Optuna) can optim
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig
 
 from ranking_reg.integrations.wandb_utils import finish_wandb, register_resolvers
-from ranking_reg.lightning.module import RankingRegModule
-from ranking_reg.lightning.trainer import best_score, build_trainer, checkpoint_for_test
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, report_user_errors
 from ranking_reg.utils.hydra_utils import build, resolved_config
 from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.utils.paths import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from ranking_reg.lightning.module import RankingRegModule
+
+# torch and Lightning are imported after the config is checked: a config error costs no seconds
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> RankingRegModule:
@@ -39,6 +41,10 @@ def build_module(cfg: DictConfig, datamodule: Any) -> RankingRegModule:
 def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
     """Fit, test and write ``metrics.json``; returns the metrics (``test/...``, ``val/..._best``)."""
     validate_config(cfg)
+    import lightning as L
+
+    from ranking_reg.lightning.trainer import best_score, build_trainer, checkpoint_for_test
+
     if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} does not exist. Give the path of a checkpoint, e.g."

@@ -74,26 +74,6 @@ def test_the_test_uses_the_best_checkpoint_by_its_monitor_wherever_it_stands(tmp
     assert checkpoint_for_test(trainer, "val/recall@1") is None
 
 
-@pytest.mark.slow
-def test_cli_run_prints_the_table_and_writes_the_run_folder(tmp_path):
-    result = run_cli("ranking_reg.train", *TINY, "callbacks=default", f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in (
-        "retrieval_grid",
-        "per_class_accuracy",
-        "confusion_matrix",
-        "embedding_projection",
-    ):
-        assert (tmp_path / "plots" / f"test_{name}_latest.png").is_file()
-    assert "test/recall@1" in result.stdout and "test/acc" in result.stdout
-    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["data"]["name"] == "digits" and saved["regularizer"]["weight"] == 1.0
-    check_metrics(json.loads((tmp_path / "metrics.json").read_text()))
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / "csv" / "metrics.csv").is_file()
-    assert "pin_memory" not in result.stderr  # no CUDA here: nothing is pinned
-
-
 def _in_process_cli(monkeypatch, argv: list[str]) -> None:
     """``python -m ranking_reg.train ARGV`` in this process (Hydra's own argv parsing)."""
     from hydra.core.global_hydra import GlobalHydra
@@ -145,20 +125,33 @@ def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_trains_and_tests(tmp_path):
+def test_cli_run_under_ddp_prints_the_table_and_writes_the_run_folder(tmp_path):
+    """``python -m ranking_reg.train`` as a user runs it, on two CPU processes (gloo): Lightning
+    relaunches the script for rank 1 with the same Hydra run dir; only rank 0 writes."""
     result = run_cli(
         "ranking_reg.train",
         *TINY,
+        "callbacks=default",
         "trainer.limit_train_batches=2",
         "trainer.devices=2",
         "trainer.strategy=ddp",
-        "logger=none",
         f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    check_metrics(metrics)
+    for name in (
+        "retrieval_grid",
+        "per_class_accuracy",
+        "confusion_matrix",
+        "embedding_projection",
+    ):
+        assert (tmp_path / "plots" / f"test_{name}_latest.png").is_file()
+    assert "test/recall@1" in result.stdout and "test/acc" in result.stdout
+    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    assert saved["data"]["name"] == "digits" and saved["trainer"]["devices"] == 2
+    check_metrics(json.loads((tmp_path / "metrics.json").read_text()))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert "pin_memory" not in result.stderr  # no CUDA here: nothing is pinned
 
 
 def flowers_overrides(root) -> list[str]:

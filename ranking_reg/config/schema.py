@@ -16,6 +16,7 @@ runs (``evaluate`` has no regularizer, digits no ``data.level``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Container, Sequence
 from typing import Any
@@ -36,8 +37,7 @@ from ranking_reg.config.rules import (
 )
 from ranking_reg.config.rules import check_value as check_rule
 from ranking_reg.data.parsers.aircraft import LEVELS as AIRCRAFT_LEVELS
-from ranking_reg.models.backbones import MIN_IMG_SIZE
-from ranking_reg.models.two_head import EMBEDDING_SOURCES
+from ranking_reg.models.limits import EMBEDDING_SOURCES, MIN_IMG_SIZE
 from ranking_reg.utils.errors import ConfigError
 
 __all__ = ["SCHEMA", "check_schema", "check_value"]
@@ -54,6 +54,7 @@ def _device_ids(value: Any) -> bool:
     return bool(value) and all(is_int(v) and v >= 0 for v in value)
 
 
+@functools.lru_cache(maxsize=1)
 def _lightning_precisions() -> tuple[Any, ...]:
     """Every ``Trainer(precision=...)`` value Lightning accepts (its own list when importable)."""
     try:
@@ -162,7 +163,12 @@ SCHEMA: dict[str, Rule] = {
     "trainer.log_every_n_steps": integer(1),
     "trainer.num_sanity_val_steps": integer(-1, note="-1 = the whole validation split"),
     "trainer.accelerator": choice("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
-    "trainer.precision": choice(*_lightning_precisions()),
+    # Lightning's own list, read when a precision is checked (importing Lightning takes seconds)
+    "trainer.precision": Rule(
+        "a Lightning precision such as 32-true, bf16-mixed, 16-mixed, 64-true (or 16, 32, 64)",
+        lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+        lambda v: v in _lightning_precisions(),
+    ),
     "trainer.devices": any_of(
         Rule("", is_int, lambda v: v >= 1 or v == -1),
         choice("auto"),

@@ -1,18 +1,17 @@
 """Datasets (parsers of the published layouts), the DataModule and the P x K sampler."""
 
-from ranking_reg.data.datamodule import FGVRDataModule
-from ranking_reg.data.image_list import ImageListDataset
-from ranking_reg.data.longtail import class_counts, longtail_indices
-from ranking_reg.data.pk_sampler import PKBatchSampler
-from ranking_reg.data.registry import build_dataset, dataset_names, register_dataset
+from ranking_reg.utils.lazy import lazy_exports
 
-__all__ = [
-    "FGVRDataModule",
-    "ImageListDataset",
-    "PKBatchSampler",
-    "build_dataset",
-    "class_counts",
-    "dataset_names",
-    "longtail_indices",
-    "register_dataset",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "FGVRDataModule": "ranking_reg.data.datamodule",
+        "ImageListDataset": "ranking_reg.data.image_list",
+        "PKBatchSampler": "ranking_reg.data.pk_sampler",
+        "build_dataset": "ranking_reg.data.registry",
+        "class_counts": "ranking_reg.data.longtail",
+        "dataset_names": "ranking_reg.data.registry",
+        "longtail_indices": "ranking_reg.data.longtail",
+        "register_dataset": "ranking_reg.data.registry",
+    },
+)

@@ -1,5 +1,10 @@
 """Lightning glue: the module, checkpoint I/O, schedules, callbacks, the Trainer builder."""
 
-from ranking_reg.lightning.module import RankingRegModule
+from ranking_reg.utils.lazy import lazy_exports
 
-__all__ = ["RankingRegModule"]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "RankingRegModule": "ranking_reg.lightning.module",
+    },
+)

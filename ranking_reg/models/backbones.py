@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ranking_reg.models.limits import MIN_IMG_SIZE
 from ranking_reg.utils.errors import ConfigError
 
 # Architecture name -> default timm weight tag (the ImageNet weights the paper's code used).
@@ -31,10 +32,6 @@ TIMM_DEFAULT_TAGS: dict[str, str] = {
     "densenet161": "densenet161.tv_in1k",
     "inception_v4": "inception_v4.tf_in1k",
 }
-
-
-# smallest input the backbones take (the schema's data.img_size range uses the same value)
-MIN_IMG_SIZE = 8
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ranking_reg.models.backbones import Backbone
+from ranking_reg.models.limits import EMBEDDING_SOURCES
 from ranking_reg.utils.errors import ConfigError
-
-# where the embedding head reads from (the schema's model.net.embedding_source uses the same)
-EMBEDDING_SOURCES = ("flatten", "pooled")
 
 
 class TwoHeadOutput(NamedTuple):

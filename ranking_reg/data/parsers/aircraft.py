@@ -14,8 +14,8 @@ attributes and knows neither boxes nor the banner, hence this parser.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.parsers._common import (
     check_listed,
     dataset_dir,
@@ -24,6 +24,9 @@ from ranking_reg.data.parsers._common import (
     split_pairs,
 )
 from ranking_reg.utils.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # the config schema imports LEVELS: keep this module torch-free on import
+    from ranking_reg.data.image_list import ImageListDataset
 
 NAME = "aircraft"
 FOLDER = os.path.join("fgvc-aircraft-2013b", "data")
@@ -79,6 +82,8 @@ def build(
                 ) from error
             path = os.path.join(base, "images", f"{parts[0]}.jpg")
             boxes[path] = (x0 - 1, y0 - 1, x1, y1)
+    from ranking_reg.data.image_list import ImageListDataset
+
     return ImageListDataset(
         samples,
         classes,
