@@ -37,6 +37,7 @@ def test_every_data_option_composes_and_instantiates(option, tmp_path):
         data_cfg.root = str(tmp_path)
     if "list_file" in data_cfg.keys() and OmegaConf.is_missing(data_cfg, "list_file"):
         data_cfg.list_file = "list.csv"
+    validate_config(cfg)
     module = instantiate(data_cfg)
     assert module.name == data_cfg.name
     assert module.seed == cfg.seed  # the run seed drives P x K sampling and augmentation
@@ -49,6 +50,7 @@ def test_every_data_option_composes_and_instantiates(option, tmp_path):
 @pytest.mark.parametrize("option", _options("backbone"))
 def test_every_backbone_option_composes(option):
     cfg = compose_config([f"backbone={option}"])
+    validate_config(cfg)
     assert cfg.backbone.name == option
     assert cfg.backbone.input_size == (299 if option == "inception_v4" else 224)
 
@@ -56,6 +58,7 @@ def test_every_backbone_option_composes(option):
 @pytest.mark.parametrize("option", _options("regularizer"))
 def test_every_regularizer_instantiates(option):
     cfg = compose_config([f"regularizer={option}"])
+    validate_config(cfg)
     cfg.model.net.num_classes = 10  # what train.py fills in from the data
     regularizer = instantiate(cfg.regularizer)
     expected = {"none": NoRegularizer, "triplet": TripletRegularizer, "center": CenterRegularizer}
@@ -87,6 +90,7 @@ def test_every_miner_instantiates(option):
     from pytorch_metric_learning.miners import BaseMiner
 
     cfg = compose_config([f"miner={option}"])
+    validate_config(cfg)
     assert isinstance(instantiate(cfg.miner), BaseMiner)
 
 
@@ -94,6 +98,7 @@ def test_every_miner_instantiates(option):
 @pytest.mark.parametrize("scheduler", _options("scheduler"))
 def test_every_optimizer_and_schedule_instantiates(optimizer, scheduler):
     cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}"])
+    validate_config(cfg)
     parameter = torch.nn.Parameter(torch.zeros(1))
     opt = instantiate(cfg.optimizer)(params=[parameter])
     schedule = instantiate(cfg.scheduler)(opt, total_steps=10)
@@ -111,15 +116,25 @@ def test_every_optimizer_and_schedule_instantiates(optimizer, scheduler):
 @pytest.mark.parametrize("option", _options("trainer"))
 def test_every_trainer_option_composes(option, tmp_path):
     cfg = compose_config([f"trainer={option}"], output_dir=tmp_path)
+    validate_config(cfg)
     assert cfg.trainer.use_distributed_sampler is False
     if cfg.trainer.accelerator in ("cpu", "auto") and cfg.trainer.devices == 1:
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
+@pytest.mark.parametrize("option", _options("debug"))
+def test_every_debug_option_is_a_short_cpu_run(option):
+    cfg = compose_config([f"debug={option}"])
+    validate_config(cfg)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 1
+    assert "plots" not in cfg.callbacks
+
+
 @pytest.mark.parametrize("option", ["csv", "tensorboard", "none"])
 def test_logger_options_instantiate(option, tmp_path):
     cfg = compose_config([f"logger={option}"], output_dir=tmp_path)
+    validate_config(cfg)
     loggers = [instantiate(v) for v in (cfg.logger or {}).values()]
     assert len(loggers) == (0 if option == "none" else 1)
 
@@ -127,6 +142,7 @@ def test_logger_options_instantiate(option, tmp_path):
 @pytest.mark.parametrize("option", _options("callbacks"))
 def test_callbacks_instantiate(option, tmp_path):
     cfg = compose_config([f"callbacks={option}"], output_dir=tmp_path)
+    validate_config(cfg)
     callbacks = [instantiate(v) for v in cfg.callbacks.values()]
     assert callbacks
 

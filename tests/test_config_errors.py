@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ranking_reg.config.schema import SCHEMA, check_value
+from ranking_reg.config.schema import SCHEMA
 from ranking_reg.data import FGVRDataModule
 from ranking_reg.data.registry import build_dataset
 from ranking_reg.utils.config_checks import validate_config
@@ -242,20 +242,9 @@ def test_absent_keys_are_skipped():
 
 # -- every shipped option is valid ---------------------------------------------------------------
 
-GROUPS = ["data", "model", "backbone", "regularizer", "miner", "optimizer", "scheduler", "trainer"]
-GROUPS += ["logger", "callbacks", "experiment", "debug"]
 
-
-@pytest.mark.parametrize(
-    ("group", "option"), [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
-)
-def test_every_group_option_passes(group, option):
-    overrides = [f"{group}={option}"]
-    if group == "data" and option in ("folder", "csv"):
-        overrides += ["data.root=/datasets/mine", "data.list_file=lists/all.csv"][
-            : 1 if option == "folder" else 2
-        ]
-    validate_config(compose_config(overrides))
+# Every option of every group is composed and validated in tests/test_config.py (one compose
+# per option for the whole suite).
 
 
 def test_evaluate_config_passes_with_the_checkpoints_data():

@@ -4,10 +4,10 @@ import os
 import socket
 
 import pytest
-from conftest import compose_config
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import compose_config
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
@@ -61,7 +61,9 @@ def test_the_regularizer_refuses_what_its_fast_path_cannot_honour():
     cosine_hard = pml_miners.BatchHardMiner(distance=CosineSimilarity())
     with pytest.raises(ConfigError, match="miner=hard with distance CosineSimilarity"):
         TripletRegularizer(miner=cosine_hard)
-    with pytest.raises(ConfigError, match="regularizer.margin=soft: this miner takes a number >= 0"):
+    with pytest.raises(
+        ConfigError, match="regularizer.margin=soft: this miner takes a number >= 0"
+    ):
         TripletRegularizer(margin="soft", miner=SemiHardMiner())
     with pytest.raises(ConfigError, match="not a pytorch-metric-learning miner"):
         TripletRegularizer(miner=torch.nn.Identity())
