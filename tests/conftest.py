@@ -108,6 +108,12 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600
     )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Long tests first: pytest -n 2 then fills the cores with the short ones, instead of
+    finishing on one long test while the other core idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

@@ -176,7 +176,8 @@ def test_two_processes_compute_the_global_batch_terms_of_one_process():
     """Triplet (both miners) and center terms under DDP equal one process on the whole batch."""
     embeddings, labels = _batch(seed=11, p=8, k=4, dim=8)
     # rank 0 gets classes 0-3, rank 1 classes 4-7 (whole classes per process, as PKBatchSampler)
-    context = mp.get_context("spawn")
+    # fork: the workers start without importing torch again (spawn costs seconds)
+    context = mp.get_context("fork")
     queue, done = context.SimpleQueue(), context.Event()
     port = _free_port()
     processes = [
