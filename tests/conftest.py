@@ -23,13 +23,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "ranking_reg" / "conf"
 # Small enough to finish in seconds on 2 CPU cores.
-TINY = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "callbacks=checkpoints",
-]
+# The shared debug config (ranking_reg/conf/debug/fast.yaml): seconds on 2 CPU cores.
+TINY = ["debug=fast"]
 
 
 # Config groups (and hydra.*) select files: those overrides need Hydra's compose (~0.3 s each).

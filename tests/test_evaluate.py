@@ -27,8 +27,10 @@ def digits_run(tmp_path_factory):
     return out, run(compose_config(overrides, output_dir=out))
 
 
-def _evaluate(ckpt, out, *overrides: str) -> dict[str, float]:
-    args = [f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false", *overrides]
+def _evaluate(ckpt, out, *overrides: str, test_batches: float = 1) -> dict[str, float]:
+    # by default the test split as the runs of debug=fast evaluate it (its first batch)
+    args = [f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false"]
+    args += [f"trainer.limit_test_batches={test_batches}", *overrides]
     return evaluate(compose_config(args, output_dir=out, name="eval"), list(overrides))
 
 
@@ -70,10 +72,12 @@ def test_data_overrides_apply_to_the_checkpoints_own_dataset(tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     make_flowers102(str(old), n_classes=4, per_class=6)
     out = tmp_path / "run"
-    trained = run(compose_config([*flowers_overrides(old), "logger=none"], output_dir=out))
+    overrides = [*flowers_overrides(old), "logger=none", "trainer.limit_test_batches=1.0"]
+    trained = run(compose_config(overrides, output_dir=out))
     shutil.move(str(old), str(new))
     ckpt = next((out / "checkpoints").glob("best-*.ckpt"))
-    metrics = _evaluate(ckpt, tmp_path / "eval", f"data.root={new}", "data.eval_batch_size=3")
+    moved = [f"data.root={new}", "data.eval_batch_size=3"]  # the whole split, in other batches
+    metrics = _evaluate(ckpt, tmp_path / "eval", *moved, test_batches=1.0)
     for key in RETRIEVAL_KEYS | {"test/acc"}:
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key
     with pytest.raises(ConfigError, match="data.img_size=64: this checkpoint was trained at 32"):
