@@ -109,7 +109,7 @@ class StopAfterFirstEpoch(Callback):
 
 @pytest.mark.slow
 def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
-    common = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=6", "seed=7"]
+    common = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "seed=7"]
     straight = run(compose_config(common, output_dir=tmp_path / "straight"))
 
     first = tmp_path / "interrupted"
