@@ -1,4 +1,4 @@
-"""Tiny copies of each dataset in its exact on-disk layout (DESIGN.md §4), for the tests.
+"""Tiny copies of each dataset in its exact on-disk layout, for the tests.
 
 Each ``make_<name>(root)`` writes small random JPEGs and the list/annotation files in the real
 formats (.txt as the archives ship them, .mat through scipy.io.savemat with the real variable

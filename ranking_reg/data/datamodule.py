@@ -1,4 +1,4 @@
-"""FGVRDataModule: one LightningDataModule for every dataset (DESIGN §3-4).
+"""FGVRDataModule: one LightningDataModule for every dataset (README: Datasets).
 
 Splits: ``train`` and ``test`` come from the dataset's own lists; ``val`` is a seeded stratified
 fraction (``val_fraction``) carved from train (none of the five datasets has a separate val split

@@ -2,7 +2,7 @@
 
 Why our own: PML's ``MPerClassSampler`` has a fixed epoch length unrelated to the dataset, no DDP
 version, and samples classes uniformly (it would undo a long-tailed train split), and Lightning
-re-wraps plain samplers under DDP in a way that destroys P x K groups (DESIGN §6).
+re-wraps plain samplers under DDP in a way that destroys P x K groups (Lightning #21131, #21447).
 
 Definition. Every epoch (seeded by ``seed`` and the epoch number) each class's images are shuffled
 and cut into groups of K; a last group with fewer than K images is completed by drawing from the

@@ -1,7 +1,7 @@
 """``python -m ranking_reg.data.prepare NAME [NAME ...] --root DIR``: put datasets on disk.
 
 Downloads what has a public URL (FGVC-Aircraft, Flowers-102, Stanford Dogs) with a progress bar,
-verifies checksums, and unpacks into the layout the parsers read (DESIGN.md §4). For Stanford Cars
+verifies checksums, and unpacks into the layout the parsers read (README: Datasets). For Stanford Cars
 and NABirds, which need a manual step, it prints where to get them and where to put them.
 
 Nothing is written half: a download goes to ``<file>.part`` and is renamed once its checksum

@@ -1,7 +1,7 @@
 """Cross-process helpers that behave as identities in a single process.
 
 Why our own: PML's ``DistributedMinerWrapper`` calls ``get_world_size()`` unguarded and fails
-in one process (DESIGN §6); the gather below works with 1 or N processes.
+in one process; the gather below works with 1 or N processes.
 """
 
 from __future__ import annotations

@@ -1,2 +1,2 @@
-"""One parser per dataset: each reads the dataset's files as its archives unpack (DESIGN.md §4)
+"""One parser per dataset: each reads the dataset's files as its archives unpack (README: Datasets)
 and returns an :class:`~ranking_reg.data.image_list.ImageListDataset`."""
