@@ -38,6 +38,25 @@ def build_module(cfg: DictConfig, datamodule: Any) -> RankingRegModule:
     return module
 
 
+def has_validation(datamodule: Any) -> bool:
+    """Whether the data has a validation split (``data.val_fraction=0`` trains on all of train)."""
+    return bool(getattr(datamodule, "has_validation", True))
+
+
+def weights_to_test(test_ckpt: str, datamodule: Any) -> str:
+    """``best`` or ``last`` for ``test_ckpt=auto|best|last`` (auto: best when validated)."""
+    validation = has_validation(datamodule)
+    if test_ckpt == "auto":
+        return "best" if validation else "last"
+    if test_ckpt == "best" and not validation:
+        raise ConfigError(
+            "test_ckpt=best needs a validation split to pick the best checkpoint, but"
+            " data.val_fraction=0 trains on the whole training split; use test_ckpt=last (or"
+            " auto) to test the final weights, or give data.val_fraction > 0."
+        )
+    return test_ckpt
+
+
 def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
     """Fit, test and write ``metrics.json``; returns the metrics (``test/...``, ``val/..._best``)."""
     validate_config(cfg)
@@ -53,8 +72,9 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
     datamodule.setup("fit")
+    test_ckpt = weights_to_test(cfg.get("test_ckpt", "auto"), datamodule)
     model = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, extra_callbacks)
+    trainer = build_trainer(cfg, extra_callbacks, monitoring=has_validation(datamodule))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     metrics: dict[str, float] = {}
@@ -62,9 +82,9 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
     if best is not None:
         metrics[f"{cfg.monitor}_best"] = best
     if cfg.get("test", True):
-        trainer.test(
-            model, datamodule=datamodule, ckpt_path=checkpoint_for_test(trainer, cfg.monitor)
-        )
+        # best: the checkpoint kept by `monitor`; last: the final weights (in memory)
+        ckpt = checkpoint_for_test(trainer, cfg.monitor) if test_ckpt == "best" else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )

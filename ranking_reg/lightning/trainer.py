@@ -24,15 +24,26 @@ def instantiate_all(group: DictConfig | None, key: str) -> list[Any]:
 
 
 def build_trainer(
-    cfg: DictConfig, extra_callbacks: list[Any] | None = None, checkpointing: bool = True
+    cfg: DictConfig,
+    extra_callbacks: list[Any] | None = None,
+    checkpointing: bool = True,
+    monitoring: bool = True,
 ) -> L.Trainer:
-    """The configured Trainer; checkpoints are written atomically."""
+    """The configured Trainer; checkpoints are written atomically.
+
+    ``checkpointing=False`` drops every ModelCheckpoint (evaluate); ``monitoring=False`` drops
+    the ones that monitor a metric (no validation split: nothing to monitor), keeping last.ckpt.
+    """
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks") + list(extra_callbacks or [])
     loggers = instantiate_all(cfg.get("logger"), "logger")
     if not loggers:  # logger=none: Lightning refuses an lr monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not checkpointing:
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    if not monitoring:
+        callbacks = [
+            c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)
+        ]
     return build(
         cfg.trainer,
         "trainer",
