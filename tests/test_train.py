@@ -21,6 +21,7 @@ METRIC_KEYS = {
     "test/recall@2",
     "test/recall@4",
     "test/recall@8",
+    "test/recall@16",
     "test/nmi",
     "test/map@r",
 }
@@ -30,7 +31,7 @@ def check_metrics(metrics: dict[str, float]) -> None:
     assert METRIC_KEYS <= set(metrics)
     for key, value in metrics.items():
         assert math.isfinite(value) and 0.0 <= value <= 1.0, key
-    recalls = [metrics[f"test/recall@{k}"] for k in (1, 2, 4, 8)]
+    recalls = [metrics[f"test/recall@{k}"] for k in (1, 2, 4, 8, 16)]
     assert recalls == sorted(recalls)  # Recall@K can only grow with K
 
 
