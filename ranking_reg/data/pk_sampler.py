@@ -4,17 +4,29 @@ Why our own: PML's ``MPerClassSampler`` has a fixed epoch length unrelated to th
 version, and samples classes uniformly (it would undo a long-tailed train split), and Lightning
 re-wraps plain samplers under DDP in a way that destroys P x K groups (Lightning #21131, #21447).
 
-Definition. Every epoch (seeded by ``seed`` and the epoch number) each class's images are shuffled
-and cut into groups of K; a last group with fewer than K images is completed by drawing from the
-class with replacement (so does a class with fewer than K images). The groups are shuffled together,
-so a class appears in proportion to its size: sampling keeps the dataset's class distribution.
+Two ways to choose the classes (``class_sampling``), both seeded by ``seed`` and the epoch number:
+
+``uniform`` (the default; the authors' ``data_sampling/triplet_tuple_loader.py``, used for the
+softmax baseline too): the class ids are shuffled and taken in turn (a fresh shuffle when all have
+been taken), so every class is drawn equally often whatever its size. Each time a class is drawn it
+gives its next K images from a per-epoch shuffle of its images (a new shuffle when fewer than K are
+left, so the K are distinct); a class with fewer than K images gives all of them plus draws from
+the class with replacement.
+
+``proportional``: each class's images are shuffled and cut into groups of K; a last group with
+fewer than K images is completed by drawing from the class with replacement (so does a class with
+fewer than K images). The groups are shuffled together, so a class appears in proportion to its
+size: sampling keeps the dataset's class distribution (a long-tailed split stays long-tailed).
+
 Batches take P groups of P distinct classes from that stream, in order, skipping (and keeping for
-later) a group whose class is already in the batch. An epoch has ``floor(n_groups / (P * W))``
-steps, where W is the number of processes; when the stream cannot complete a step it continues on a
-fresh shuffle of the groups, so the length never changes.
+later) a group whose class is already in the batch. In both modes an epoch has
+``floor(n_groups / (P * W))`` steps, where ``n_groups = sum_c ceil(n_c / K)`` and W is the number
+of processes: about one pass over the split's images, whichever the mode. When the stream cannot
+complete a step it continues on a fresh shuffle, so the length never changes.
 
 Under DDP every step draws W x P groups; process ``rank`` gets the ``rank``-th P of them: whole
-classes, disjoint images across processes, identical streams on every process (same seed).
+classes, identical streams on every process (same seed), disjoint images across processes (in
+``uniform`` mode, as long as a class drawn on two processes in one step has at least 2K images).
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from ranking_reg.utils.errors import ConfigError
+
+CLASS_SAMPLING = ("uniform", "proportional")
 
 
 def check_pk_batch(batch_size: int, samples_per_class: int) -> None:
@@ -60,8 +74,16 @@ class PKBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        class_sampling: str = "uniform",
     ) -> None:
         check_pk_batch(batch_size, samples_per_class)
+        if class_sampling not in CLASS_SAMPLING:
+            raise ConfigError(
+                f"data.class_sampling={class_sampling}: expects one of {'|'.join(CLASS_SAMPLING)}"
+                " (uniform: every class equally often, the authors'; proportional: in proportion"
+                " to its size)."
+            )
+        self.class_sampling = class_sampling
         self.targets = np.asarray(targets, dtype=np.int64)
         self.k = samples_per_class
         self.p = batch_size // samples_per_class
@@ -104,9 +126,39 @@ class PKBatchSampler(Sampler[list[int]]):
         order = rng.permutation(len(groups))
         return [groups[i] for i in order]
 
+    def _uniform_groups(
+        self, rng: np.random.Generator, queues: list[np.ndarray]
+    ) -> list[tuple[int, np.ndarray]]:
+        """Every class once, in a shuffled order, each with its next K images (``queues``: the
+        images each class has not given yet in its current shuffle; updated in place)."""
+        groups: list[tuple[int, np.ndarray]] = []
+        for position in rng.permutation(len(self._members)):
+            members = self._members[position]
+            if len(members) <= self.k:
+                extra = rng.choice(members, self.k - len(members))
+                groups.append((int(position), np.concatenate([rng.permutation(members), extra])))
+                continue
+            queue = queues[position]
+            if len(queue) < self.k:  # the leftovers first, then a fresh shuffle of the others
+                fresh = rng.permutation(members)
+                queue = np.concatenate([queue, fresh[~np.isin(fresh, queue)]])
+            groups.append((int(position), queue[: self.k]))
+            queues[position] = queue[self.k :]
+        return groups
+
     def _global_batches(self) -> Iterator[list[np.ndarray]]:
         """Per step, W lists of P groups (one list per process), from the seeded stream."""
         rng = np.random.default_rng([self.seed, self.epoch])
+        if self.class_sampling == "uniform":
+            queues = [np.empty(0, dtype=np.int64) for _ in self._members]
+
+            def refill() -> list[tuple[int, np.ndarray]]:
+                return self._uniform_groups(rng, queues)
+        else:
+
+            def refill() -> list[tuple[int, np.ndarray]]:
+                return self._groups(rng)
+
         stream: list[tuple[int, np.ndarray]] = []
         for _ in range(self._steps):
             per_process: list[list[np.ndarray]] = []
@@ -116,7 +168,7 @@ class PKBatchSampler(Sampler[list[int]]):
                 cursor = 0
                 while len(chosen) < self.p:
                     if cursor >= len(stream):
-                        stream.extend(self._groups(rng))
+                        stream.extend(refill())
                     position, group = stream[cursor]
                     if position in classes_in_batch:
                         cursor += 1
