@@ -22,7 +22,8 @@ from ranking_reg.tables import main
 from ranking_reg.utils.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SPECS = sorted((REPO / "ranking_reg" / "reporting" / "specs").glob("*.yaml"))
+SPECS_DIR = REPO / "ranking_reg" / "reporting" / "specs"
+SPECS = sorted(SPECS_DIR.glob("*.yaml"))
 
 
 def make_run(root: Path, name: str, overrides: list[str], seed: int, metrics: dict | None, **cfg):
@@ -236,7 +237,7 @@ def test_project_specs_load_and_share_runs() -> None:
     names = {p.stem for p in SPECS}
     assert names == {"classification", "imbalanced", "retrieval", "lambda_ablation"}
     for path in SPECS:
-        for scale in SCALES:
+        for scale in SCALES:  # the paper section of every spec composes too
             spec = load_spec(path, scale)
             assert spec.cells() and len(spec.seeds) >= (2 if scale == "smoke" else 1)
     by_name = {p.stem: p for p in SPECS}
@@ -244,28 +245,87 @@ def test_project_specs_load_and_share_runs() -> None:
         cls = {c.key for c in load_spec(by_name["classification"], scale).cells()}
         ret = {c.key for c in load_spec(by_name["retrieval"], scale).cells()}
         assert ret == cls  # retrieval reads the classification runs
-        lam = load_spec(by_name["lambda_ablation"], scale)
-        one = next(c for c in lam.cells() if c.level("lambda").key == "1.0")
-        zero = next(c for c in lam.cells() if c.level("lambda").key == "0")
-        assert one.key in cls and zero.key in cls  # λ = 1 and λ = 0 rows are shared
+    lam = load_spec(by_name["lambda_ablation"], "smoke")
+    cls = {c.key for c in load_spec(by_name["classification"], "smoke").cells()}
+    one = next(c for c in lam.cells() if c.level("lambda").key == "1.0")
+    zero = next(c for c in lam.cells() if c.level("lambda").key == "0")
+    assert one.key in cls and zero.key in cls  # smoke: λ = 1 and λ = 0 rows are shared
 
 
-def test_project_published_numbers_are_the_transcribed_ones() -> None:
-    spec = load_spec(REPO / "ranking_reg" / "reporting" / "specs" / "classification.yaml", "paper")
-    metric = spec.metrics[0]
-    got = {
-        (c.level("backbone").key, c.level("method").key, c.level("dataset").key): v
-        for c in spec.cells()
-        if (v := spec.published_value(c, metric)) is not None
-    }
-    assert len(got) == 20 and {k[0] for k in got} == {"resnet50"}
-    assert got[("resnet50", "softmax", "cars")] == 85.85
-    assert got[("resnet50", "hard", "aircraft")] == 87.33
-    assert got[("resnet50", "center", "nabirds")] == 65.50
-    for other in ("imbalanced", "retrieval", "lambda_ablation"):
-        s = load_spec(REPO / "ranking_reg" / "reporting" / "specs" / f"{other}.yaml", "paper")
-        assert s.published == [] and "not transcribed" in s.source
-        assert "arXiv 1901.08616" in s.source  # cites the paper, not a local transcript
+def test_paper_cells_select_the_experiment_presets() -> None:
+    conf = REPO / "ranking_reg" / "conf" / "experiment"
+    for path in SPECS:
+        for cell in load_spec(path, "paper").cells():
+            (preset,) = [o for o in cell.overrides if o.startswith("experiment=")]
+            assert (conf / f"{preset.split('=')[1]}.yaml").is_file(), preset
+            assert not any(
+                o.startswith(("trainer.max_steps=4", "backbone=")) for o in cell.overrides
+            )
+    lam = load_spec(SPECS_DIR / "lambda_ablation.yaml", "paper")
+    assert [lv.key for lv in lam.factors["lambda"]] == [
+        "0",
+        "0.1",
+        "0.2",
+        "0.5",
+        "1",
+        "2",
+        "5",
+        "10",
+    ]
+    assert [m.key for m in lam.metrics] == ["val/acc_best"]
+    assert "trainer.max_steps=2000" in lam.common
+
+
+def _published(name: str) -> dict:
+    spec = load_spec(SPECS_DIR / f"{name}.yaml", "paper")
+    got = {}
+    for cell in spec.cells():
+        for metric in spec.metrics:
+            value = spec.published_value(cell, metric)
+            if value is not None:
+                levels = tuple(lv.key for lv in cell.levels)
+                got[levels + (metric.key,)] = value
+    return got
+
+
+def test_classification_holds_table_2() -> None:
+    spec = load_spec(SPECS_DIR / "classification.yaml", "paper")
+    assert len(spec.published) == 60  # 3 backbones x 4 methods x 5 datasets, each once
+    keys = [(r["backbone"], r["method"], r["dataset"]) for r in spec.published]
+    assert len(set(keys)) == 60
+    got = _published("classification")
+    assert len(got) == 60
+    assert {k[0] for k in got} == {"softmax", "center", "semihard", "hard"}  # not hard_soft
+    assert got[("softmax", "resnet50", "cars", "test/acc")] == 85.85
+    assert got[("center", "resnet50", "nabirds", "test/acc")] == 65.5
+    assert got[("hard", "inception_v4", "flowers102", "test/acc")] == 90.66
+    assert got[("semihard", "densenet161", "nabirds", "test/acc")] == 79.57
+    assert "65.5}" in (SPECS_DIR / "classification.yaml").read_text()  # as printed
+
+
+def test_retrieval_holds_every_table_5_row() -> None:
+    spec = load_spec(SPECS_DIR / "retrieval.yaml", "paper")
+    assert [m.key for m in spec.metrics] == [
+        "test/nmi", "test/recall@1", "test/recall@4", "test/recall@8", "test/recall@16",
+    ]  # fmt: skip
+    rows = {(r["backbone"], r["dataset"], r["method"]) for r in spec.published}
+    assert len(rows) == 45 and len(spec.published) == 225  # 15 blocks x 3 losses, 5 numbers each
+    got = _published("retrieval")
+    assert len(got) == 225
+    assert got[("center", "resnet50", "cars", "test/nmi")] == 54.9  # printed 0.549
+    assert got[("hard", "densenet161", "nabirds", "test/recall@16")] == 94.70
+    assert got[("semihard", "inception_v4", "dogs", "test/recall@1")] == 68.48
+    assert len(spec.notes) >= 4 and len(spec.reference[0]["rows"]) == 9  # Table 6
+
+
+def test_reference_only_tables_are_in_the_note() -> None:
+    spec = load_spec(SPECS_DIR / "imbalanced.yaml", "paper")
+    assert spec.published == [] and "not public" in spec.source
+    assert [len(t["rows"]) for t in spec.reference] == [4, 12]  # Tables 3 and 4 (HDD)
+    table = build_spec_table(spec, [])
+    assert "84.93" in table.paper_note and "Merge" in table.paper_note
+    lam = load_spec(SPECS_DIR / "lambda_ablation.yaml", "paper")
+    assert lam.published == [] and "arXiv 1901.08616" in lam.source
 
 
 def test_wandb_offline_table(tmp_path: Path, spec_file: Path, monkeypatch) -> None:

@@ -5,6 +5,12 @@ overrides; a *cell* is one level of every factor, and a run belongs to a cell wh
 overrides, less ``seed=`` and any overrides given as ``ignore``, are exactly the cell's overrides.
 Each spec has a ``smoke`` and a ``paper`` section (seeds, common overrides, scale-specific
 factors) and the published values, which only the ``paper`` scale compares against.
+
+A scale's common overrides may name factor levels as ``{factor}``: the cell's level key of that
+factor replaces it, so ``experiment={dataset}_{backbone}`` selects the experiment preset of each
+(dataset, backbone) cell. The ``published`` section may also carry ``notes`` (the paper's own
+inconsistencies, as printed) and ``reference`` tables (published numbers shown beside ours but
+not run here, e.g. on a dataset that is not public).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ class Metric:
     key: str
     label: str
     percent: bool = True
+    # the factor from the paper's printed number to the unit shown here (NMI printed as a
+    # fraction, shown in percent: 100)
+    published_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class TableSpec:
     published: list[dict[str, Any]]
     source: str
     note: str
+    notes: tuple[str, ...] = ()
+    reference: tuple[dict[str, Any], ...] = ()
 
     @property
     def panels(self) -> list[str]:
@@ -77,7 +88,10 @@ class TableSpec:
     def cells(self) -> list[Cell]:
         out = []
         for combo in itertools.product(*self.factors.values()):
-            overrides = self.common + tuple(o for level in combo for o in level.overrides)
+            common = self.common
+            for level in combo:
+                common = tuple(o.replace(f"{{{level.factor}}}", level.key) for o in common)
+            overrides = common + tuple(o for level in combo for o in level.overrides)
             out.append(Cell(tuple(combo), overrides, self.seeds))
         return out
 
@@ -88,7 +102,7 @@ class TableSpec:
                 continue
             wanted = {k: str(v) for k, v in record.items() if k not in ("value", "metric")}
             if all(cell.level(f).key == v for f, v in wanted.items()):
-                return float(record["value"])
+                return round(float(record["value"]) * metric.published_scale, 10)
         return None
 
 
@@ -128,6 +142,25 @@ def _check_published(
                 )
 
 
+def _reference(path: Path, raw: Any) -> tuple[dict[str, Any], ...]:
+    """Reference tables: a title, column labels and rows of [label, value...] (as printed)."""
+    tables = []
+    for table in raw or []:
+        columns, rows = table.get("columns"), table.get("rows")
+        if (
+            not isinstance(table.get("title"), str)
+            or not isinstance(columns, list)
+            or not isinstance(rows, list)
+            or any(not isinstance(r, list) or len(r) != len(columns) + 1 for r in rows)
+        ):
+            raise ConfigError(
+                f"{path}: every published.reference entry needs a 'title', 'columns' and 'rows' "
+                "of [label, one value per column]."
+            )
+        tables.append(table)
+    return tuple(tables)
+
+
 def load_spec(path: str | os.PathLike[str], scale: str) -> TableSpec:
     """Parse a table spec at ``scale`` (``smoke`` or ``paper``), checking its structure."""
     path = Path(path)
@@ -154,8 +187,13 @@ def load_spec(path: str | os.PathLike[str], scale: str) -> TableSpec:
             f"(factors at scale {scale}: {', '.join(factors)})."
         )
     metrics = [
-        Metric(str(m["key"]), str(m.get("label", m["key"])), bool(m.get("percent", True)))
-        for m in raw["metrics"]
+        Metric(
+            str(m["key"]),
+            str(m.get("label", m["key"])),
+            bool(m.get("percent", True)),
+            float(m.get("published_scale", 1.0)),
+        )
+        for m in section.get("metrics") or raw["metrics"]  # a scale may read other metrics
     ]
     seeds = section.get("seeds")
     if not seeds or not all(isinstance(s, int) for s in seeds):
@@ -177,4 +215,6 @@ def load_spec(path: str | os.PathLike[str], scale: str) -> TableSpec:
         published=records if scale == "paper" else [],
         source=str(published.get("source", "")).strip(),
         note=" ".join(str(section.get("note", "")).split()),
+        notes=tuple(" ".join(str(n).split()) for n in published.get("notes") or []),
+        reference=_reference(path, published.get("reference")) if scale == "paper" else (),
     )
