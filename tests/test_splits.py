@@ -27,6 +27,13 @@ def test_stratified_split_is_seeded():
         stratified_split(targets, 1.0)
 
 
+def test_stratified_split_with_fraction_zero_keeps_everything():
+    targets = [0] * 10 + [1] * 5 + [2] * 1
+    assert stratified_split(targets, 0.0, seed=3) == (list(range(16)), [])
+    with pytest.raises(ValueError):
+        stratified_split(targets, -0.1)
+
+
 class _Base:
     samples = [("a.jpg", 0), ("b.jpg", 1), ("c.jpg", 1)]
     classes = ["x", "y"]

@@ -79,6 +79,10 @@ BATCH_LIMIT = any_of(
 )
 SEED = integer(0, 2**32 - 1)
 EMBEDDING_DIM = integer(1)
+# Spelled here, not imported (that would import torch): tests/test_fidelity_data.py checks they
+# equal ranking_reg.data.transforms.AUGMENTS and ranking_reg.data.pk_sampler.CLASS_SAMPLING.
+AUGMENTS = ("rrc", "resize_crop", "inception")
+CLASS_SAMPLING = ("uniform", "proportional")
 # Values shared with the objects that own them, so the two checks cannot disagree.
 EMBEDDING_SOURCE = choice(
     *EMBEDDING_SOURCES, note="flatten: the paper's head on the feature map; pooled: on GAP"
@@ -105,7 +109,10 @@ SCHEMA: dict[str, Rule] = {
         1, note="largest / smallest train class", null="the balanced split"
     ),
     "data.val_fraction": number(
-        0, 1, lo_open=True, hi_open=True, note="the share of train held out for validation"
+        0,
+        1,
+        hi_open=True,
+        note="the share of train held out for validation; 0 = no validation split",
     ),
     "data.split_seed": SEED,
     "data.seed": SEED,
@@ -114,6 +121,15 @@ SCHEMA: dict[str, Rule] = {
         "a list [min, max] of numbers with 0 < min <= max <= 1",
         lambda v: isinstance(v, (list, tuple)),
         _crop_scale,
+    ),
+    "data.augment": choice(
+        *AUGMENTS,
+        note="rrc: RandomResizedCrop; resize_crop: the authors' square resize + crop;"
+        " inception: TF-slim's",
+    ),
+    "data.class_sampling": choice(
+        *CLASS_SAMPLING,
+        note="uniform: every class equally often, the authors'; proportional: by class size",
     ),
     "data.many_shot": integer(0, note="train images per class above which a class is many-shot"),
     "data.few_shot": integer(0, note="train images per class below which a class is few-shot"),

@@ -2,9 +2,13 @@
 
 Splits: ``train`` and ``test`` come from the dataset's own lists; ``val`` is a seeded stratified
 fraction (``val_fraction``) carved from train (none of the five datasets has a separate val split
-in the paper's protocol). ``imbalance_ratio`` long-tails what remains of train, never val or test.
-Training batches are P x K (:class:`PKBatchSampler`); evaluation covers each split exactly once
-across processes (:class:`ShardedEvalSampler`).
+in the paper's protocol). ``val_fraction=0`` (the authors' protocol) trains on the whole training
+split: there is no validation split (``val_dataset`` is None, ``has_validation`` is False and
+``val_dataloader()`` returns an empty list, which Lightning takes as "no validation").
+``imbalance_ratio`` long-tails what remains of train, never val or test.
+Training batches are P x K (:class:`PKBatchSampler`, classes drawn by ``class_sampling``);
+``augment`` picks the train/test preprocessing (:mod:`ranking_reg.data.transforms`); evaluation
+covers each split exactly once across processes (:class:`ShardedEvalSampler`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ranking_reg.data.pk_sampler import PKBatchSampler, check_pk_batch
+from ranking_reg.data.pk_sampler import CLASS_SAMPLING, PKBatchSampler, check_pk_batch
 from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
-from ranking_reg.data.transforms import eval_transform, train_transform
+from ranking_reg.data.transforms import AUGMENTS, eval_transform, train_transform
 from ranking_reg.utils.errors import ConfigError
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"data.{key}={value}: expects one of {'|'.join(choices)}; got {value!r}.")
 
 
 class FGVRDataModule(L.LightningDataModule):
@@ -45,12 +54,21 @@ class FGVRDataModule(L.LightningDataModule):
         seed: int = 0,
         flip: bool = True,
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        augment: str = "rrc",
+        class_sampling: str = "uniform",
         many_shot: int = 100,
         few_shot: int = 20,
         **dataset_options: Any,
     ) -> None:
         super().__init__()
         check_pk_batch(batch_size, samples_per_class)
+        _check_choice("class_sampling", class_sampling, CLASS_SAMPLING)
+        _check_choice("augment", augment, AUGMENTS)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction}: expects a number in [0, 1)"
+                " (0 = no validation split: train on the whole training split)."
+            )
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -67,6 +85,8 @@ class FGVRDataModule(L.LightningDataModule):
         self.seed = seed
         self.flip = flip
         self.crop_scale = tuple(crop_scale)
+        self.augment = augment
+        self.class_sampling = class_sampling
         self.many_shot = many_shot
         self.few_shot = few_shot
         self.dataset_options = dict(dataset_options)
@@ -99,11 +119,24 @@ class FGVRDataModule(L.LightningDataModule):
             kept_targets = [train_base.targets[i] for i in train_idx]
             keep = longtail_indices(kept_targets, self.imbalance_ratio, seed=self.split_seed)
             train_idx = [train_idx[i] for i in keep]
-        evaluation = eval_transform(self.img_size, self.resize_size)
-        training = train_transform(self.img_size, flip=self.flip, scale=self.crop_scale)
+        evaluation = eval_transform(self.img_size, self.resize_size, augment=self.augment)
+        training = train_transform(
+            self.img_size,
+            flip=self.flip,
+            scale=self.crop_scale,
+            augment=self.augment,
+            resize_size=self.resize_size,
+        )
         self.train_dataset = SplitView(train_base, train_idx, training)
-        self.val_dataset = SplitView(train_base, val_idx, evaluation)
+        self.val_dataset = (
+            SplitView(train_base, val_idx, evaluation) if self.has_validation else None
+        )
         self.test_dataset = SplitView(test_base, None, evaluation)
+
+    @property
+    def has_validation(self) -> bool:
+        """False with ``val_fraction=0``: no validation split (train on the whole train split)."""
+        return self.val_fraction > 0
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +151,8 @@ class FGVRDataModule(L.LightningDataModule):
         return [counts.get(c, 0) for c in range(self.num_classes)]
 
     def eval_dataset(self, stage: str) -> SplitView:
+        if stage == "val" and not self.has_validation:
+            raise ValueError("data.val_fraction=0: this data module has no validation split")
         dataset = {"val": self.val_dataset, "test": self.test_dataset}[stage]
         assert dataset is not None, "call setup() first"
         return dataset
@@ -147,6 +182,7 @@ class FGVRDataModule(L.LightningDataModule):
             seed=self.seed,
             num_replicas=world,
             rank=rank,
+            class_sampling=self.class_sampling,
         )
         seeded = SeededBatchSampler(sampler, seed=self.seed)
         return DataLoader(self.train_dataset, batch_sampler=seeded, **self._loader_options())
@@ -161,7 +197,9 @@ class FGVRDataModule(L.LightningDataModule):
             **self._loader_options(),
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.has_validation:
+            return []  # Lightning skips validation when the loader list is empty
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:

@@ -63,7 +63,8 @@ def stratified_split(
     """Split indices into (kept, held_out) with ``fraction`` of each class held out.
 
     Per class, ``floor(fraction * n + 0.5)`` images are held out, but never the last one: a class
-    with a single image stays entirely in the kept part. Seeded, independent of the run seed.
+    with a single image stays entirely in the kept part. ``fraction=0`` keeps everything (no
+    validation split). Seeded, independent of the run seed.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
