@@ -8,7 +8,9 @@ Two ways to build tables:
 - **generic** (:func:`build_generic_table`, no spec): runs are grouped by their whole config less
   ``seed``; each group is a row, labelled by the config keys that differ between groups.
 
-Fractions are shown in percent (×100), as in the paper.
+Fractions are shown in percent (×100), as in the paper. Spec tables with a softmax row
+(``regularizer=none``) also compare every other row with it, seed by seed
+(:mod:`ranking_reg.reporting.statistics`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import ast
 import itertools
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ranking_reg.reporting.runs import Run, cell_key
+from ranking_reg.reporting.statistics import Paired, WinLoss, attach_statistics
 from ranking_reg.reporting.summary import Summary
 from ranking_reg.reporting.table_spec import Cell, Metric, TableSpec, load_spec
 
@@ -34,6 +37,7 @@ class Entry:
     summary: Summary | None
     paper: float | None
     metric: Metric
+    paired: Paired | None = None  # the paired difference to the baseline row (statistics.py)
 
     def ours(self) -> tuple[float | None, float | None]:
         scale = 100.0 if self.metric.percent else 1.0
@@ -54,6 +58,9 @@ class Panel:
     row_labels: list[str]
     column_labels: list[str]
     entries: dict[tuple[int, int], Entry]
+    baseline: int | None = None  # the softmax row, compared with by statistics.py
+    # (row, column group) -> per-class wins/losses vs the baseline (long-tailed runs)
+    class_counts: dict[tuple[int, str], WinLoss] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +73,7 @@ class Table:
     has_paper: bool
     paper_note: str
     paper_columns: bool = True  # "paper" and "Δ" beside each of ours (spec tables)
+    statistics: list[str] = field(default_factory=list)  # the lines stating the test
 
 
 def _hardware(runs: list[Run]) -> str:
@@ -112,8 +120,13 @@ def _cell_summaries(
             lost_runs.append(f"seed {seed}: no metrics.json in {run.path}")
     lost_keys = []
     summaries = {}
+    per_class = {  # long-tailed runs' test per-class accuracy, for the win/loss counts
+        seed: run.per_class["accuracy"]
+        for seed, run in per_seed.items()
+        if run.finished and run.per_class and run.config.get("data.imbalance_ratio") is not None
+    }
     for metric in spec.metrics:
-        values, lost = [], list(lost_runs)
+        values, lost, seeds = [], list(lost_runs), []
         for seed in cell.seeds:
             run = per_seed.get(seed)
             if run is None or not run.finished:
@@ -123,7 +136,8 @@ def _cell_summaries(
                 lost_keys.append(lost[-1])
             else:
                 values.append(float(run.metrics[metric.key]))
-        summaries[metric.key] = Summary(values, len(cell.seeds), lost)
+                seeds.append(seed)
+        summaries[metric.key] = Summary(values, len(cell.seeds), lost, seeds, per_class)
     return summaries, lost_runs + lost_keys
 
 
@@ -211,14 +225,16 @@ def build_spec_table(spec: TableSpec, runs: list[Run], ignore: Iterable[str] = (
             label = " / ".join(level.label for level in cell.levels)
             missing.append(f"{spec.name}: {label}: " + "; ".join(lost))
         used.extend(r for r in per_seed.values() if r.finished)
+    panels = _spec_panels(spec, stats)
     return Table(
         spec.name,
         spec.title,
-        _spec_panels(spec, stats),
+        panels,
         _spec_ran(spec, used),
         missing,
         bool(spec.published),
         _paper_note(spec),
+        statistics=attach_statistics(spec, panels),
     )
 
 

@@ -1,7 +1,9 @@
 """Finished and unfinished runs on disk, and the identity of a configuration.
 
 A *run* is a Hydra output dir holding ``.hydra/config.yaml`` (and ``.hydra/overrides.yaml``)
-and, once finished, ``metrics.json`` (a flat object of test metrics, fractions in [0, 1]).
+and, once finished, ``metrics.json`` (a flat object of test metrics, fractions in [0, 1]) and
+``per_class.json`` (test accuracy per class, written by
+:class:`~ranking_reg.lightning.results_callback.TestResultsWriter`).
 A run's identity (:func:`cell_key`) is its task overrides, sorted, less ``seed=`` and the
 overrides that only say where or how it executes.
 """
@@ -34,6 +36,7 @@ class Run:
     overrides: list[str]
     metrics: dict[str, float] | None
     host: str | None = None  # the machine, when reproduce recorded it (host.json)
+    per_class: dict[str, Any] | None = None  # per_class.json: classes, accuracy, train_counts
 
     @property
     def seed(self) -> Any:
@@ -88,6 +91,19 @@ def _read_host(host_file: Path) -> str | None:
         return None  # informational only
 
 
+def _read_per_class(per_class_file: Path) -> dict[str, Any] | None:
+    """``per_class.json`` when present and well formed (a list ``accuracy``), else None."""
+    if not per_class_file.exists():
+        return None
+    try:
+        data = json.loads(per_class_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # optional: the tables then leave out the per-class counts of this run
+    if not isinstance(data, dict) or not isinstance(data.get("accuracy"), list):
+        return None
+    return data
+
+
 def load_run(path: Path) -> Run:
     """Read one run dir (``path/.hydra/config.yaml`` must exist)."""
     config = read_yaml(path / ".hydra" / "config.yaml") or {}
@@ -95,7 +111,8 @@ def load_run(path: Path) -> Run:
     overrides = read_yaml(overrides_file) if overrides_file.exists() else []
     metrics = _read_metrics(path / "metrics.json")
     host = _read_host(path / "host.json")
-    return Run(path, _flatten(config), [str(o) for o in overrides or []], metrics, host)
+    per_class = _read_per_class(path / "per_class.json")
+    return Run(path, _flatten(config), [str(o) for o in overrides or []], metrics, host, per_class)
 
 
 def find_runs(dirs: Iterable[str | os.PathLike[str]]) -> list[Run]:

@@ -2,6 +2,10 @@
 
 The standard deviation is the *sample* one (ddof = 1); with one seed it is undefined (None) and
 the rendered cell says ``n=1``. Values stay fractions here; rendering scales them to percent.
+
+``seeds`` (aligned with ``values``) and ``per_class`` (test per-class accuracy of each seed's
+run, from its ``per_class.json``, where the run was long-tailed and wrote one) let
+:mod:`ranking_reg.reporting.statistics` pair a cell with the softmax baseline seed by seed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ class Summary:
     values: list[float]
     expected: int
     missing: list[str] = field(default_factory=list)
+    seeds: list = field(default_factory=list)  # the seed of each value, when known
+    per_class: dict = field(default_factory=dict)  # seed -> per-class accuracy (None: no items)
 
     @property
     def n(self) -> int:
