@@ -43,6 +43,11 @@ def has_validation(datamodule: Any) -> bool:
     return bool(getattr(datamodule, "has_validation", True))
 
 
+def selected_on_test(datamodule: Any) -> bool:
+    """Whether the test split chose the checkpoint (selection=best_test)."""
+    return getattr(datamodule, "val_source", "train") == "test"
+
+
 def weights_to_test(test_ckpt: str, datamodule: Any) -> str:
     """``best`` or ``last`` for ``test_ckpt=auto|best|last`` (auto: best when validated)."""
     validation = has_validation(datamodule)
@@ -88,10 +93,13 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
+    title = f"metrics ({cfg.paths.output_dir})"
+    if selected_on_test(datamodule) and metrics:
+        metrics["test/selected_on_test"] = 1.0
+        title += " -- checkpoint selected on the TEST split (selection=best_test): optimistic"
     if trainer.is_global_zero:
-        output_dir = cfg.paths.output_dir
-        write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
-        print(format_metrics_table(metrics, title=f"metrics ({output_dir})"))
+        write_json_atomic(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics)
+        print(format_metrics_table(metrics, title=title))
     return metrics
 
 

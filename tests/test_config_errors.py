@@ -87,7 +87,7 @@ BAD_VALUES = [
     (["data.resize_size=x"], "data.resize_size=x", "an integer >= 8", "got a string"),
     (["data.pin_memory=1"], "data.pin_memory=1", "true or false", "got an integer"),
     (["data.imbalance_ratio=0.5"], "data.imbalance_ratio=0.5", "a number >= 1", "got 0.5"),
-    (["data.val_fraction=1.0"], "data.val_fraction=1.0", "a number in (0, 1)", "got 1.0"),
+    (["data.val_fraction=1.0"], "data.val_fraction=1.0", "a number in [0, 1)", "got 1.0"),
     (["data.crop_scale=[0.9,0.1]"], "data.crop_scale=[0.9, 0.1]", "0 < min <= max <= 1", "got"),
     (["data.crop_scale=0.5"], "data.crop_scale=0.5", "a list [min, max]", "got a float"),
     (
@@ -222,7 +222,8 @@ def test_schema_covers_every_documented_key():
         data.num_workers data.pin_memory data.persistent_workers data.imbalance_ratio
         data.val_fraction data.split_seed data.flip data.crop_scale data.many_shot data.few_shot
         data.skip_corrupt data.decode_size data.level data.crop_banner data.use_bbox
-        data.list_file data.test_fraction data.root
+        data.list_file data.test_fraction data.root data.augment data.class_sampling
+        test_ckpt metrics.ks
         backbone.pretrained backbone.weights_file backbone.input_size
         regularizer.weight regularizer.margin regularizer.alpha regularizer.cross_device
         model.net.embedding_dim model.net.embedding_source model.channels_last model.compile

@@ -12,7 +12,7 @@ from conftest import TINY, compose_config
 from lightning.pytorch.callbacks import Callback
 
 from ranking_reg.train import run
-from ranking_reg.utils.errors import DataError
+from ranking_reg.utils.errors import ConfigError, DataError
 
 METRIC_KEYS = {
     "test/acc",
@@ -216,3 +216,30 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))  # the metrics, uploaded later by `wandb sync`
     assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_no_validation_split_trains_on_all_of_train_and_tests_the_final_weights(tmp_path):
+    """data.val_fraction=0 (the authors' protocol): no validation, no best checkpoint; the test
+    scores the final weights, i.e. exactly what evaluating last.ckpt gives."""
+    from test_evaluate import _evaluate
+
+    cfg = compose_config([*TINY, "data.val_fraction=0", "logger=none"], output_dir=tmp_path)
+    metrics = run(cfg)
+    check_metrics(metrics)
+    assert not [k for k in metrics if k.startswith("val/")]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    final = _evaluate(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "eval")
+    for key, value in final.items():
+        assert value == pytest.approx(metrics[key], abs=1e-6), key
+    with pytest.raises(ConfigError, match="test_ckpt=best needs a validation split"):
+        run(compose_config([*TINY, "data.val_fraction=0", "test_ckpt=best"], tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_selection_on_the_test_split_is_labelled_as_such(tmp_path):
+    cfg = compose_config([*TINY, "selection=best_test", "logger=none"], output_dir=tmp_path)
+    metrics = run(cfg)
+    assert metrics["test/selected_on_test"] == 1.0
+    # the test split chose the checkpoint: its best validation accuracy is the test accuracy
+    assert metrics["val/acc_best"] == pytest.approx(metrics["test/acc"], abs=1e-6)

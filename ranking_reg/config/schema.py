@@ -36,6 +36,7 @@ from ranking_reg.config.rules import (
     string,
 )
 from ranking_reg.config.rules import check_value as check_rule
+from ranking_reg.data.choices import AUGMENTS, CLASS_SAMPLING
 from ranking_reg.data.parsers.aircraft import LEVELS as AIRCRAFT_LEVELS
 from ranking_reg.models.limits import EMBEDDING_SOURCES, MIN_IMG_SIZE
 from ranking_reg.utils.errors import ConfigError
@@ -79,10 +80,6 @@ BATCH_LIMIT = any_of(
 )
 SEED = integer(0, 2**32 - 1)
 EMBEDDING_DIM = integer(1)
-# Spelled here, not imported (that would import torch): tests/test_fidelity_data.py checks they
-# equal ranking_reg.data.transforms.AUGMENTS and ranking_reg.data.pk_sampler.CLASS_SAMPLING.
-AUGMENTS = ("rrc", "resize_crop", "inception")
-CLASS_SAMPLING = ("uniform", "proportional")
 # Values shared with the objects that own them, so the two checks cannot disagree.
 EMBEDDING_SOURCE = choice(
     *EMBEDDING_SOURCES, note="flatten: the paper's head on the feature map; pooled: on GAP"
@@ -94,6 +91,12 @@ SCHEMA: dict[str, Rule] = {
     "ckpt_path": string("a checkpoint path", null="start a new run"),
     "test": boolean("run the test split after fitting"),
     "monitor": string("a logged metric name such as val/acc"),
+    "test_ckpt": choice("auto", "best", "last", note="which weights the test scores"),
+    "metrics.ks": Rule(
+        "a non-empty list of integers >= 1 (Recall@K; the paper: 1, 4, 8, 16)",
+        lambda v: isinstance(v, (list, tuple)) and len(v) > 0,
+        lambda v: all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in v),
+    ),
     # -- data (conf/data/*.yaml)
     "data.name": string("a dataset name"),
     "data.root": string("a folder path", null="only for data=digits"),

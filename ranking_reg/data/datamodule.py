@@ -20,17 +20,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ranking_reg.data.pk_sampler import CLASS_SAMPLING, PKBatchSampler, check_pk_batch
+from ranking_reg.data.pk_sampler import PKBatchSampler, check_pk_batch
 from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
-from ranking_reg.data.transforms import AUGMENTS, eval_transform, train_transform
+from ranking_reg.data.transforms import eval_transform, train_transform
 from ranking_reg.utils.errors import ConfigError
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"data.{key}={value}: expects one of {'|'.join(choices)}; got {value!r}.")
 
 
 class FGVRDataModule(L.LightningDataModule):
@@ -56,19 +51,19 @@ class FGVRDataModule(L.LightningDataModule):
         crop_scale: tuple[float, float] = (0.08, 1.0),
         augment: str = "rrc",
         class_sampling: str = "uniform",
+        val_source: str = "train",
         many_shot: int = 100,
         few_shot: int = 20,
         **dataset_options: Any,
     ) -> None:
         super().__init__()
         check_pk_batch(batch_size, samples_per_class)
-        _check_choice("class_sampling", class_sampling, CLASS_SAMPLING)
-        _check_choice("augment", augment, AUGMENTS)
-        if not 0.0 <= val_fraction < 1.0:
+        if val_source not in ("train", "test"):
             raise ConfigError(
-                f"data.val_fraction={val_fraction}: expects a number in [0, 1)"
-                " (0 = no validation split: train on the whole training split)."
+                f"val_source={val_source}: 'train' (a held-out part of the training split) or"
+                " 'test' (selection=best_test: the test split chooses the checkpoint)."
             )
+        self.val_source = val_source
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -128,15 +123,19 @@ class FGVRDataModule(L.LightningDataModule):
             resize_size=self.resize_size,
         )
         self.train_dataset = SplitView(train_base, train_idx, training)
-        self.val_dataset = (
-            SplitView(train_base, val_idx, evaluation) if self.has_validation else None
-        )
         self.test_dataset = SplitView(test_base, None, evaluation)
+        if self.val_source == "test":  # the authors' selection: validate on the test split
+            self.val_dataset = self.test_dataset
+        else:
+            self.val_dataset = (
+                SplitView(train_base, val_idx, evaluation) if self.has_validation else None
+            )
 
     @property
     def has_validation(self) -> bool:
-        """False with ``val_fraction=0``: no validation split (train on the whole train split)."""
-        return self.val_fraction > 0
+        """False with ``val_fraction=0`` (train on the whole train split) unless the test split
+        validates (``val_source="test"``, selection=best_test)."""
+        return self.val_fraction > 0 or self.val_source == "test"
 
     @property
     def num_classes(self) -> int:

@@ -36,9 +36,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from ranking_reg.data.choices import CLASS_SAMPLING
 from ranking_reg.utils.errors import ConfigError
-
-CLASS_SAMPLING = ("uniform", "proportional")
 
 
 def check_pk_batch(batch_size: int, samples_per_class: int) -> None:

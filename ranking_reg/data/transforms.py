@@ -25,9 +25,10 @@ from typing import Any
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from ranking_reg.data.choices import AUGMENTS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTS = ("rrc", "resize_crop", "inception")
 INCEPTION_SCALE = (0.05, 1.0)
 INCEPTION_RATIO = (0.75, 1.33)
 INCEPTION_CENTRAL_FRACTION = 0.875

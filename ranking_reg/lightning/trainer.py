@@ -44,12 +44,15 @@ def build_trainer(
         callbacks = [
             c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)
         ]
+    # without validation nothing is validated (no sanity check either): Lightning would warn
+    no_validation = {} if monitoring else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     return build(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
+        **no_validation,
     )
 
 
