@@ -138,7 +138,7 @@ def test_spec_table_statistics_paper_diff_and_missing(tmp_path: Path, spec_file:
     assert "seed 1: no metrics.json" in text and "seed 2: no run dir" in text
     assert "Softmax / dogs" in text
     md = render_markdown([table])
-    assert "| Softmax | 84.67 ± 5.03 | 85.85 | -1.18 | missing |  |  |" in md
+    assert "| Softmax | 84.67 ± 5.03 | 85.85 | -1.18 |  | missing |  |  |  |" in md
     assert "70.00 (n=1/3)" in md
     assert "seeds 0, 1, 2; backbone config default; 4/12 runs finished" in md
     assert "accelerator=cpu" in table.ran
