@@ -166,3 +166,14 @@ def csv_rows(path: Path):
 
     with open(path, newline="") as handle:
         yield from csv.DictReader(handle)
+
+
+def test_the_paper_plan_follows_the_authors_protocol_per_backbone():
+    """What `reproduce --scale paper --dry-run` prints for a configuration: the composed
+    protocol (the experiment presets are the one source of truth)."""
+    inception = R.protocol(["experiment=flowers102_inception_v4", "regularizer=none"])
+    assert "backbone=inception_v4 steps=80000" in inception and "img=299" in inception
+    resnet = R.protocol(["experiment=cars_resnet50", "miner=hard", "regularizer.margin=soft"])
+    for part in ("steps=40000", "img=224", "batch=32 K=4", "sampling=uniform", "margin=soft"):
+        assert part in resnet, part
+    assert "val_fraction=0 " in resnet and "test_ckpt=last" in resnet

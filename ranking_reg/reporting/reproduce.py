@@ -40,7 +40,7 @@ from ranking_reg.reporting.runs import find_runs, run_dir_name
 from ranking_reg.reporting.table_spec import SCALES, TableSpec, load_spec
 from ranking_reg.utils.errors import ConfigError, UserError, exit_with_user_error
 from ranking_reg.utils.io import write_text_atomic
-from ranking_reg.utils.paths import SPECS_DIR
+from ranking_reg.utils.paths import CONFIG_DIR, SPECS_DIR
 
 DEFAULT_SPECS = SPECS_DIR
 
@@ -127,6 +127,38 @@ def describe_host() -> str:
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return text
+
+
+# What a dry run prints of each configuration's composed config, so that a plan can be checked
+# against the paper's protocol row by row without reading the presets.
+PROTOCOL_KEYS = {
+    "backbone": "backbone.name",
+    "steps": "trainer.max_steps",
+    "epochs": "trainer.max_epochs",
+    "img": "data.img_size",
+    "batch": "data.batch_size",
+    "K": "data.samples_per_class",
+    "sampling": "data.class_sampling",
+    "val_fraction": "data.val_fraction",
+    "augment": "data.augment",
+    "test_ckpt": "test_ckpt",
+    "lr": "optimizer.lr",
+    "margin": "regularizer.margin",
+}
+
+
+def protocol(overrides: Sequence[str]) -> str:
+    """``key=value`` of :data:`PROTOCOL_KEYS` in the train config ``overrides`` compose to."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
+    values = {
+        name: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        for name, key in PROTOCOL_KEYS.items()
+    }
+    return " ".join(f"{name}={value}" for name, value in values.items() if value is not None)
 
 
 def run_job(
@@ -219,6 +251,7 @@ def reproduce(
         head = f"[{index}/{len(todo)}] {job.label} ({', '.join(job.tables)}) seeds {seeds}"
         if dry_run:
             print(f"{head}\n    {shlex.join(command(job, seeds, train_cmd, run_extra))}")
+            print(f"    protocol: {protocol(list(job.overrides) + list(extra))}")
             continue
         print(f"{head} ...", flush=True)
         rc, seconds = run_job(job, seeds, train_cmd, run_extra, verbose, host)
