@@ -89,16 +89,27 @@ def _in_process_cli(monkeypatch, argv: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_of_two_lambdas_makes_two_runs(tmp_path, monkeypatch):
+def test_cli_multirun_of_two_lambdas_prints_tables_and_writes_two_run_folders(
+    tmp_path, monkeypatch, capsys, recwarn
+):
+    """``python -m ranking_reg.train -m ...`` as a user runs it, through Hydra's own command line
+    (in this process; tests/test_config_errors.py runs the module in a subprocess). The
+    pictures of a real run are checked by tests/test_plots.py."""
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "trainer.limit_train_batches=2", "regularizer.weight=0.5,2.0"]
-    _in_process_cli(monkeypatch, [*args, f"hydra.sweep.dir={sweep}", "logger=none"])
+    _in_process_cli(monkeypatch, [*args, f"hydra.sweep.dir={sweep}"])
+    printed = capsys.readouterr().out
+    assert printed.count("test/recall@1") >= 2 and "test/acc" in printed
     weights = {}
     for job in ("0", "1"):
         saved = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())
+        assert saved["data"]["name"] == "digits"
         weights[job] = saved["regularizer"]["weight"]
         check_metrics(json.loads((sweep / job / "metrics.json").read_text()))
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert (sweep / job / "csv" / "metrics.csv").is_file()
     assert weights == {"0": 0.5, "1": 2.0}
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]  # no CUDA: nothing pinned
 
 
 class StopAfterFirstEpoch(Callback):
@@ -123,22 +134,6 @@ def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
     assert set(resumed) == set(straight)
     for key in straight:
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
-
-
-@pytest.mark.slow
-def test_cli_run_prints_the_table_and_writes_the_run_folder(tmp_path, monkeypatch, capsys, recwarn):
-    """``python -m ranking_reg.train`` as a user runs it, through Hydra's own command line
-    (in this process; tests/test_config_errors.py runs the module in a subprocess). The
-    pictures of a real run are checked by tests/test_plots.py."""
-    _in_process_cli(monkeypatch, [*TINY, f"hydra.run.dir={tmp_path}"])
-    printed = capsys.readouterr().out
-    assert "test/recall@1" in printed and "test/acc" in printed
-    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["data"]["name"] == "digits" and saved["regularizer"]["weight"] == 1.0
-    check_metrics(json.loads((tmp_path / "metrics.json").read_text()))
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / "csv" / "metrics.csv").is_file()
-    assert not [w for w in recwarn if "pin_memory" in str(w.message)]  # no CUDA: nothing pinned
 
 
 @pytest.mark.slow
