@@ -25,10 +25,10 @@ train: install
 	$(PY) -m ranking_reg.train $(ARGS)
 
 test: install
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 test-fast: install
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check ranking_reg tests experiments
