@@ -356,3 +356,33 @@ def test_package_reexports_the_table_api() -> None:
     ]  # fmt: skip
     assert reporting.find_runs is find_runs and reporting.load_spec is load_spec
     assert reporting.render_markdown is render_markdown
+
+
+def test_a_level_can_read_its_runs_metrics_under_another_name(tmp_path: Path) -> None:
+    """The retrieval table's softmax row reads test/pooled_* (the GAP features a softmax run
+    retrieves with), never the untrained embedding head's test/recall@1."""
+    spec = {
+        "name": "ret",
+        "title": "Retrieval",
+        "layout": {"rows": "method", "columns": "metric"},
+        "metrics": [{"key": "test/recall@1", "label": "R@1"}],
+        "factors": {
+            "method": {
+                "softmax": {"overrides": ["regularizer=none"], "metric_prefix": "pooled_"},
+                "semihard": {"overrides": ["regularizer=triplet"]},
+            }
+        },
+        "smoke": {"seeds": [0], "overrides": [], "factors": {}},
+        "paper": {"seeds": [0], "overrides": [], "factors": {}},
+        "published": {"source": "none", "values": []},
+    }
+    path = tmp_path / "ret.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    both = {"test/recall@1": 0.5, "test/pooled_recall@1": 0.9}
+    make_run(runs, "a", ["regularizer=none"], 0, both)
+    make_run(runs, "b", ["regularizer=triplet"], 0, both)
+    table = build_spec_table(load_spec(path, "smoke"), find_runs([runs]))
+    (panel,) = table.panels
+    means = {panel.row_labels[r]: e.ours()[0] for (r, _), e in panel.entries.items()}
+    assert means == {"softmax": pytest.approx(90.0), "semihard": pytest.approx(50.0)}

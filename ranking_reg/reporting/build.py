@@ -127,15 +127,16 @@ def _cell_summaries(
     }
     for metric in spec.metrics:
         values, lost, seeds = [], list(lost_runs), []
+        logged = cell.metric_key(metric.key)
         for seed in cell.seeds:
             run = per_seed.get(seed)
             if run is None or not run.finished:
                 continue
-            if run.metrics.get(metric.key) is None:
-                lost.append(f"seed {seed}: {metric.key} absent from {run.path}/metrics.json")
+            if run.metrics.get(logged) is None:
+                lost.append(f"seed {seed}: {logged} absent from {run.path}/metrics.json")
                 lost_keys.append(lost[-1])
             else:
-                values.append(float(run.metrics[metric.key]))
+                values.append(float(run.metrics[logged]))
                 seeds.append(seed)
         summaries[metric.key] = Summary(values, len(cell.seeds), lost, seeds, per_class)
     return summaries, lost_runs + lost_keys

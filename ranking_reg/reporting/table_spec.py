@@ -33,6 +33,16 @@ class Level:
     key: str
     label: str
     overrides: tuple[str, ...]
+    # read the cell's metrics under another name: "pooled_" turns test/recall@1 into
+    # test/pooled_recall@1 (a softmax run's GAP features, whose embedding head is untrained)
+    metric_prefix: str = ""
+
+    def metric_key(self, key: str) -> str:
+        """``key`` as this level's runs log it (``test/x`` -> ``test/<prefix>x``)."""
+        if not self.metric_prefix:
+            return key
+        stage, _, name = key.rpartition("/")
+        return f"{stage}/{self.metric_prefix}{name}" if stage else f"{self.metric_prefix}{name}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,12 @@ class Cell:
 
     def level(self, factor: str) -> Level:
         return next(lv for lv in self.levels if lv.factor == factor)
+
+    def metric_key(self, key: str) -> str:
+        """The metrics.json key this cell's runs log ``key`` under (a level may rename it)."""
+        for level in self.levels:
+            key = level.metric_key(key)
+        return key
 
 
 @dataclass
@@ -119,7 +135,8 @@ def _levels(path: Path, factor: str, raw: Any) -> list[Level]:
                 "with 'label' and 'overrides'."
             )
         overrides = tuple(str(o) for o in value.get("overrides", []))
-        levels.append(Level(factor, str(key), str(value.get("label", key)), overrides))
+        label, prefix = str(value.get("label", key)), str(value.get("metric_prefix", ""))
+        levels.append(Level(factor, str(key), label, overrides, prefix))
     return levels
 
 
