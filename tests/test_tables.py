@@ -386,3 +386,14 @@ def test_a_level_can_read_its_runs_metrics_under_another_name(tmp_path: Path) ->
     (panel,) = table.panels
     means = {panel.row_labels[r]: e.ours()[0] for (r, _), e in panel.entries.items()}
     assert means == {"softmax": pytest.approx(90.0), "semihard": pytest.approx(50.0)}
+
+
+def test_signed_numbers_never_print_minus_zero() -> None:
+    from ranking_reg.reporting.render import _signed
+
+    assert [_signed(v) for v in (-0.004, 0.0, -0.006, 1.234)] == [
+        "+0.00",
+        "+0.00",
+        "-0.01",
+        "+1.23",
+    ]

@@ -31,6 +31,12 @@ from ranking_reg.reporting.build import Entry, Panel, Table
 from ranking_reg.utils.io import write_text_atomic
 
 
+def _signed(value: float) -> str:
+    """``+1.23`` / ``-1.23``; a value that rounds to zero is ``+0.00``, never ``-0.00``."""
+    text = f"{value:+.2f}"
+    return "+0.00" if text == "-0.00" else text
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
@@ -49,7 +55,7 @@ def _ours_text(entry: Entry, pm: str = "±") -> str:
 
 
 def _diff_text(entry: Entry) -> str:
-    return "" if entry.diff is None else f"{entry.diff:+.2f}"
+    return "" if entry.diff is None else _signed(entry.diff)
 
 
 def _scale(entry: Entry) -> float:
@@ -63,9 +69,9 @@ def _paired_text(entry: Entry) -> str:
         return ""
     k = _scale(entry)
     if p.low is None or p.high is None:
-        return f"{p.mean * k:+.2f} (n={p.n})"
+        return f"{_signed(p.mean * k)} (n={p.n})"
     mark = "*" if p.excludes_zero else ""
-    return f"{p.mean * k:+.2f} [{p.low * k:+.2f}, {p.high * k:+.2f}]{mark}"
+    return f"{_signed(p.mean * k)} [{_signed(p.low * k)}, {_signed(p.high * k)}]{mark}"
 
 
 def _vs_label(panel: Panel) -> str:
