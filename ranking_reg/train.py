@@ -1,7 +1,8 @@
 """Train and test one configuration: ``python -m ranking_reg.train [overrides]`` (also ``-m``).
 
 Composes the objects of the run (data module, LightningModule, Trainer) from the config, fits,
-tests the best checkpoint by ``monitor`` and writes ``metrics.json`` (flat, ``test/...`` keys),
+tests the weights ``test_ckpt`` names (the best checkpoint by ``monitor``, or the final weights
+when there is no validation split) and writes ``metrics.json`` (flat, ``test/...`` keys),
 ``checkpoints/last.ckpt`` (+ best) and the logger's files into the Hydra output folder. Returns
 the best value of ``monitor`` (``val/acc``) so Hydra sweepers (Optuna) can optimise it.
 ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run.
