@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -33,19 +34,48 @@ from ranking_reg.utils.io import atomic_writer
 PLOT_NAMES = plots.PLOT_NAMES
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    """What the pictures show (the ``callbacks.plots.*`` keys): one definition of the defaults
+    for :func:`render_plots` and :class:`PlotCallback`."""
+
+    n_queries: int = 16  # retrieval grid rows
+    n_neighbors: int = 5  # neighbours per query
+    max_confusion_classes: int = 50  # beyond this, the most confused classes
+    projection: str = "pca"  # pca | tsne
+    max_points: int = 2000  # points in the projection (a seeded subset)
+    thumb_size: int = 64  # retrieval grid tile size in pixels
+    seed: int = 0  # fixes the queries and the projected subset across epochs
+
+    def __post_init__(self) -> None:
+        if self.projection not in plots.PROJECTIONS:
+            raise ConfigError(
+                f"callbacks.plots.projection={self.projection!r} is not a projection; use one of"
+                f" {plots.PROJECTIONS}."
+            )
+        for key in (
+            "n_queries",
+            "n_neighbors",
+            "max_confusion_classes",
+            "max_points",
+            "thumb_size",
+        ):
+            _check_positive(key, getattr(self, key))
+
+
+def _check_positive(key: str, value: Any) -> None:
+    if int(value) < 1:
+        raise ConfigError(f"callbacks.plots.{key}={value} must be a positive integer.")
+
+
 def render_plots(
     result: EvaluationResult,
     dataset: Any = None,
     train_counts: list[int] | None = None,
-    n_queries: int = 16,
-    n_neighbors: int = 5,
-    max_confusion_classes: int = 50,
-    projection: str = "pca",
-    max_points: int = 2000,
-    thumb_size: int = 64,
-    seed: int = 0,
+    **options: Any,
 ) -> dict[str, Image.Image]:
-    """All pictures of one evaluation, keyed by ``PLOT_NAMES``.
+    """All pictures of one evaluation, keyed by ``PLOT_NAMES``; ``options`` are
+    :class:`PlotOptions` fields.
 
     ``result`` is the evaluator's (or any object with its ``stage``, ``embeddings``,
     ``labels``, ``logits`` and ``positions``); ``dataset`` (optional) supplies ``classes``
@@ -54,6 +84,7 @@ def render_plots(
     ``result.logits`` is None (no class head for these classes) the per-class accuracy and
     the confusion matrix are left out.
     """
+    opts = PlotOptions(**options)
     stage = getattr(result, "stage", "eval")
     emb = _numpy(result.embeddings).astype(np.float32)
     labels = _numpy(result.labels).astype(np.int64)
@@ -70,8 +101,8 @@ def render_plots(
 
     images: dict[str, Image.Image] = {}
     if dataset is not None and hasattr(dataset, "load_image") and len(labels) > 1:
-        queries = plots.select_queries(labels, n_queries, seed=seed)
-        k = min(n_neighbors, len(labels) - 1)
+        queries = plots.select_queries(labels, opts.n_queries, seed=opts.seed)
+        k = min(opts.n_neighbors, len(labels) - 1)
         neighbors = nearest_neighbors(emb, k, queries=queries).numpy()
         correct = labels[neighbors] == labels[queries][:, None]
 
@@ -82,7 +113,7 @@ def render_plots(
             [dataset.load_image(int(indices[q])) for q in queries],
             [[dataset.load_image(int(indices[j])) for j in row] for row in neighbors],
             correct,
-            thumb_size=thumb_size,
+            thumb_size=opts.thumb_size,
             captions=[
                 [caption(q)] + [caption(j) for j in row]
                 for q, row in zip(queries, neighbors, strict=True)
@@ -98,13 +129,17 @@ def render_plots(
             accuracy, counts, names, title=f"{stage} per-class accuracy"
         )
         cm = plots.confusion_matrix(labels, preds, n_classes)
-        shown = plots.select_confused_classes(cm, max_confusion_classes)
+        shown = plots.select_confused_classes(cm, opts.max_confusion_classes)
         images["confusion_matrix"] = plots.confusion_matrix_plot(
             cm, shown, names, title=f"{stage} confusion"
         )
-    coords, idx = plots.project_2d(emb, projection, max_points=max_points, seed=seed)
+    coords, idx = plots.project_2d(emb, opts.projection, max_points=opts.max_points, seed=opts.seed)
     images["embedding_projection"] = plots.embedding_projection_plot(
-        coords, labels[idx], n_classes, names, title=f"{stage} embeddings, {projection.upper()}"
+        coords,
+        labels[idx],
+        n_classes,
+        names,
+        title=f"{stage} embeddings, {opts.projection.upper()}",
     )
     return images
 
@@ -121,45 +156,13 @@ def save_png(image: Image.Image, *paths: str) -> None:
 class PlotCallback(pl.Callback):
     """Draws ``PLOT_NAMES`` after validation (every ``every_n_epochs`` epochs) and after test."""
 
-    def __init__(
-        self,
-        plots_dir: str,
-        every_n_epochs: int = 1,
-        n_queries: int = 16,
-        n_neighbors: int = 5,
-        max_confusion_classes: int = 50,
-        projection: str = "pca",
-        max_points: int = 2000,
-        thumb_size: int = 64,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, plots_dir: str, every_n_epochs: int = 1, **options: Any) -> None:
+        """``options``: the :class:`PlotOptions` fields."""
         super().__init__()
-        if projection not in plots.PROJECTIONS:
-            raise ConfigError(
-                f"callbacks.plots.projection={projection!r} is not a projection; use one of"
-                f" {plots.PROJECTIONS}."
-            )
-        for key, value in {
-            "every_n_epochs": every_n_epochs,
-            "n_queries": n_queries,
-            "n_neighbors": n_neighbors,
-            "max_confusion_classes": max_confusion_classes,
-            "max_points": max_points,
-            "thumb_size": thumb_size,
-        }.items():
-            if int(value) < 1:
-                raise ConfigError(f"callbacks.plots.{key}={value} must be a positive integer.")
+        _check_positive("every_n_epochs", every_n_epochs)
         self.plots_dir = str(plots_dir)
         self.every_n_epochs = int(every_n_epochs)
-        self.options = {
-            "n_queries": int(n_queries),
-            "n_neighbors": int(n_neighbors),
-            "max_confusion_classes": int(max_confusion_classes),
-            "projection": projection,
-            "max_points": int(max_points),
-            "thumb_size": int(thumb_size),
-            "seed": int(seed),
-        }
+        self.options = PlotOptions(**options)
         self.written: list[str] = []  # paths written, newest last (for tests and summaries)
 
     def on_evaluation_end(
@@ -185,7 +188,7 @@ class PlotCallback(pl.Callback):
                 dataset = datamodule.eval_dataset(stage)
             counts = getattr(datamodule, "train_class_counts", None)
         try:
-            images = render_plots(result, dataset, counts, **self.options)
+            images = render_plots(result, dataset, counts, **asdict(self.options))
         except Exception as error:  # a picture is not worth a long training run
             rank_zero_warn(f"PlotCallback: drawing the {stage} pictures failed: {error!r}")
             return
