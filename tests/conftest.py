@@ -147,3 +147,15 @@ def _fresh_wandb_singleton():
     wandb = sys.modules.get("wandb")
     if wandb is not None and hasattr(wandb, "teardown"):
         wandb.teardown()
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    """One tiny trained digits run shared by every test that needs a checkpoint of ours:
+    ``(run dir, its metrics)``; ``run dir/checkpoints`` holds ``last.ckpt`` and ``best-*.ckpt``.
+    Read-only for the tests (copy it before editing)."""
+    from ranking_reg.train import run
+
+    out = tmp_path_factory.mktemp("digits_checkpoint")
+    overrides = [*TINY, "trainer.limit_train_batches=3", "logger=none"]
+    return out, run(compose_config(overrides, output_dir=out))

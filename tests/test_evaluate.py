@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY, compose_config
+from conftest import compose_config
 from test_train import check_metrics, flowers_overrides
 
 from ranking_reg.evaluate import evaluate
@@ -19,12 +19,10 @@ from ranking_reg.utils.errors import ConfigError
 RETRIEVAL_KEYS = {"test/recall@1", "test/nmi", "test/map@r"}
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """One tiny digits run shared by the tests of this module: (run dir, its metrics)."""
-    out = tmp_path_factory.mktemp("digits_run")
-    overrides = [*TINY, "trainer.limit_train_batches=3", "logger=none"]
-    return out, run(compose_config(overrides, output_dir=out))
+@pytest.fixture
+def digits_run(digits_checkpoint):
+    """The tiny digits run of the session (conftest): (run dir, its metrics)."""
+    return digits_checkpoint
 
 
 def _evaluate(ckpt, out, *overrides: str, test_batches: float = 1) -> dict[str, float]:

@@ -147,6 +147,30 @@ def test_query_subset_gives_the_rows_of_the_full_search(n):
         nearest_neighbors(x, n, queries=[0])
 
 
+@pytest.mark.parametrize("n", [40, 1200])
+def test_gallery_search_equals_a_stable_sort_of_the_distances(n):
+    """New queries against a gallery: the k first gallery items of each row sorted by (float64
+    distance, index), nothing excluded; distances are the Euclidean ones."""
+    from ranking_reg.metrics.knn import search_gallery
+
+    rng = np.random.default_rng(n)
+    gallery = rng.integers(0, 3, size=(n, 3)).astype(np.float32)
+    queries = np.concatenate([gallery[:3], rng.integers(0, 3, size=(9, 3))]).astype(np.float32)
+    g64, q64 = gallery.astype(np.float64), queries.astype(np.float64)
+    d = ((q64[:, None, :] - g64[None, :, :]) ** 2).sum(2)
+    for k in (1, 5, n):
+        ref = np.argsort(d, axis=1, kind="stable")[:, :k]
+        dist, idx = search_gallery(gallery, queries, k)
+        assert np.array_equal(idx.numpy(), ref)
+        assert np.allclose(dist.numpy(), np.sqrt(np.take_along_axis(d, ref, 1)), atol=1e-6)
+        assert torch.equal(search_gallery(gallery, queries, k, chunk_size=4)[1], idx)
+    assert search_gallery(gallery, queries[:0], 2)[1].shape == (0, 2)
+    with pytest.raises(ValueError, match="k must be"):
+        search_gallery(gallery, queries, n + 1)
+    with pytest.raises(ValueError, match="dimension"):
+        search_gallery(gallery, np.zeros((2, 5), np.float32), 1)
+
+
 def test_duplicates_are_neighbours_and_self_is_not():
     x = np.zeros((5, 4), dtype=np.float32)  # all identical: every distance is 0
     got = nearest_neighbors(x, 4)

@@ -1,6 +1,6 @@
 """Evaluation metrics: exact kNN retrieval (Recall@K, MAP@R), NMI of k-means, classification.
 
-- :mod:`~ranking_reg.metrics.knn`: exact chunked kNN of a set against itself;
+- :mod:`~ranking_reg.metrics.knn`: exact chunked kNN of a set against itself, and of new queries in a gallery;
 - :mod:`~ranking_reg.metrics.kmeans`: seeded k-means (for NMI);
 - :mod:`~ranking_reg.metrics.retrieval`: Recall@K, MAP@R and NMI of an embedding;
 - :mod:`~ranking_reg.metrics.classification`: accuracy, per-class and many/medium/few-shot;
@@ -14,7 +14,7 @@ from ranking_reg.metrics.classification import (
 )
 from ranking_reg.metrics.evaluator import EvaluationResult, Evaluator, notify_evaluation_end
 from ranking_reg.metrics.kmeans import kmeans
-from ranking_reg.metrics.knn import nearest_neighbors
+from ranking_reg.metrics.knn import nearest_neighbors, search_gallery
 from ranking_reg.metrics.retrieval import retrieval_metrics
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "notify_evaluation_end",
     "per_class_accuracy",
     "retrieval_metrics",
+    "search_gallery",
     "shot_accuracy",
 ]

@@ -120,19 +120,53 @@ def _smallest(
     return vals, cols.gather(1, pos)
 
 
+def search_gallery(
+    gallery: ArrayLike,
+    queries: ArrayLike,
+    k: int,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Euclidean kNN of new ``queries`` (Q, D) in a ``gallery`` (N, D).
+
+    Returns ``(distances, indices)``, both (Q, k), nearest first: the k gallery items with the
+    smallest Euclidean distance to each query, ties broken by the lower gallery index (the
+    prefix of a stable sort of the query's row of distances), as in :func:`nearest_neighbors`
+    but with no item excluded (a query is not a gallery item). ``distances`` are recomputed
+    exactly for the chosen pairs as ||q - g|| in float32 (not from the ranking expansion).
+    """
+    g = _as_embeddings(gallery)
+    q = _as_embeddings(queries)
+    if q.shape[1] != g.shape[1] and len(q):
+        raise ValueError(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
+    if not 1 <= k <= len(g):
+        raise ValueError(f"k must be in [1, gallery size] = [1, {len(g)}], got {k}")
+    chunks = [idx for _, idx in _neighbour_chunks(g, k, chunk_size, vectors=q)]
+    idx = torch.cat(chunks) if chunks else torch.zeros((0, k), dtype=torch.int64)
+    distances = (q.unsqueeze(1) - g[idx]).norm(dim=2) if len(q) else torch.zeros((0, k))
+    return distances, idx
+
+
 def _neighbour_chunks(
-    x: torch.Tensor, k: int, chunk_size: int | None, queries: torch.Tensor | None = None
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int | None,
+    queries: torch.Tensor | None = None,
+    vectors: torch.Tensor | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """(query slice, their (rows, k) neighbour indices) for consecutive chunks of queries: of
-    all items in order, or of the items ``queries`` (the slice then indexes ``queries``)."""
+    all items in order, of the items ``queries`` (the slice then indexes ``queries``), or of
+    outside ``vectors`` (nothing excluded; the slice indexes ``vectors``)."""
     n = len(x)
-    n_queries = n if queries is None else len(queries)
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-    take = k + 1  # one more than needed, to see whether a tie straddles the k-th place
+    n_queries = len(vectors) if vectors is not None else n if queries is None else len(queries)
+    limit = n if vectors is not None else n - 1
+    if not 1 <= k <= limit:
+        raise ValueError(f"k must be in [1, {limit}], got {k}")
+    # one more than needed, to see whether a tie straddles the k-th place (+inf padding when
+    # the whole gallery is asked for)
+    take = k + 1
     groups = _group_sizes(n, take)
     whole = math.prod(groups)
-    width = -(-n // whole) * whole  # columns padded to whole groups; the padding is +inf
+    width = max(-(-n // whole) * whole, take)  # columns padded to whole groups; padding +inf
     if chunk_size is None:
         chunk_size = max(1, _BLOCK_ELEMENTS // width)
     sq = (x * x).sum(dim=1)
@@ -141,14 +175,18 @@ def _neighbour_chunks(
     for start in range(0, n_queries, chunk_size):
         stop = min(start + chunk_size, n_queries)
         rows = torch.arange(stop - start)
-        if queries is None:
+        own = None
+        if vectors is not None:
+            q = vectors[start:stop]
+        elif queries is None:
             q, own = x[start:stop], rows + start
         else:
             own = queries[start:stop]
             q = x[own]
         d = torch.addmm(sq_items, q, items.T, alpha=-2.0)
         d[:, n:] = math.inf
-        d[rows, own] = math.inf  # the query itself
+        if own is not None:
+            d[rows, own] = math.inf  # the query itself
         vals, idx = _smallest(d, take, groups)
         if not torch.isfinite(vals[:, k - 1]).all():
             raise ValueError("squared distances overflow float32: scale the embeddings down")
