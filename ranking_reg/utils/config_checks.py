@@ -25,7 +25,12 @@ from ranking_reg.config.targets import check_targets
 from ranking_reg.utils.errors import ConfigError
 
 # task_name -> the command that runs it (for the ``???`` message)
-_ENTRY_POINTS = {"train": "ranking_reg.train", "eval": "ranking_reg.evaluate"}
+_ENTRY_POINTS = {
+    "train": "ranking_reg.train",
+    "eval": "ranking_reg.evaluate",
+    "predict": "ranking_reg.predict",
+    "index": "ranking_reg.index",
+}
 
 
 def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
