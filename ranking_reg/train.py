@@ -5,11 +5,18 @@ tests the weights ``test_ckpt`` names (the best checkpoint by ``monitor``, or th
 when there is no validation split) and writes ``metrics.json`` (flat, ``test/...`` keys),
 ``checkpoints/last.ckpt`` (+ best) and the logger's files into the Hydra output folder. Returns
 the best value of ``monitor`` (``val/acc``) so Hydra sweepers (Optuna) can optimise it.
-``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run.
+
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run; ``ckpt_path=auto`` resumes from the run
+folder's own ``last.ckpt`` when there is one (the folder is named after the command, so the same
+command continues a killed run) and starts fresh otherwise. A checkpoint is read with
+``weights_only=True`` and must fit the model this config builds. The run folder is locked while
+the run lives; a non-finite loss stops the run (exit status 2, last.ckpt kept); in a multirun a
+failed job is recorded in its folder and the sweep goes on (:mod:`ranking_reg.utils.sweep_failures`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +26,14 @@ from omegaconf import DictConfig
 from ranking_reg.integrations.wandb_utils import finish_wandb, register_resolvers
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.config_checks import validate_config
-from ranking_reg.utils.errors import ConfigError, report_user_errors
+from ranking_reg.utils.errors import ConfigError
 from ranking_reg.utils.hydra_utils import build, resolved_config
 from ranking_reg.utils.io import write_json_atomic
 from ranking_reg.utils.paths import CONFIG_DIR
+from ranking_reg.utils.run_folder import AUTO, RunFolderLock, last_checkpoint
+from ranking_reg.utils.sweep_failures import tolerate_job_failures
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ranking_reg.lightning.module import RankingRegModule
@@ -63,25 +74,57 @@ def weights_to_test(test_ckpt: str, datamodule: Any) -> str:
     return test_ckpt
 
 
+def checkpoint_to_resume(ckpt_path: str | None, output_dir: str) -> str | None:
+    """The checkpoint ``fit`` resumes from: ``ckpt_path`` itself, or for ``auto`` the run
+    folder's ``last.ckpt`` when there is one (None: a new run)."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == AUTO:
+        last = last_checkpoint(output_dir)
+        if last is None:
+            log.info(
+                "ckpt_path=auto: no checkpoints/last.ckpt in %s, starting a new run", output_dir
+            )
+            return None
+        log.info("ckpt_path=auto: continuing the run from %s", last)
+        return str(last)
+    if not os.path.isfile(ckpt_path):
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} does not exist. Give the path of a checkpoint, e.g."
+            " <run dir>/checkpoints/last.ckpt, ckpt_path=auto to continue this run folder's own"
+            " run, or leave ckpt_path=null to start a new run."
+        )
+    return ckpt_path
+
+
 def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
-    """Fit, test and write ``metrics.json``; returns the metrics (``test/...``, ``val/..._best``)."""
+    """Fit, test and write ``metrics.json``; returns the metrics (``test/...``, ``val/..._best``).
+
+    The run folder (``paths.output_dir``) is locked for the whole run: a second run started in
+    it is refused (:class:`~ranking_reg.utils.run_folder.RunFolderLock`)."""
     validate_config(cfg)
+    with RunFolderLock(cfg.paths.output_dir):
+        return _fit_and_test(cfg, extra_callbacks)
+
+
+def _fit_and_test(cfg: DictConfig, extra_callbacks: list[Any] | None) -> dict[str, float]:
     import lightning as L
 
+    from ranking_reg.lightning.checkpoint_io import check_resumable, read_checkpoint
+    from ranking_reg.lightning.guards import NonFiniteLossGuard
     from ranking_reg.lightning.trainer import best_score, build_trainer, checkpoint_for_test
 
-    if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} does not exist. Give the path of a checkpoint, e.g."
-            " <run dir>/checkpoints/last.ckpt, or leave ckpt_path=null to start a new run."
-        )
+    resume = checkpoint_to_resume(cfg.ckpt_path, cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
     datamodule.setup("fit")
     test_ckpt = weights_to_test(cfg.get("test_ckpt", "auto"), datamodule)
     model = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, extra_callbacks, monitoring=has_validation(datamodule))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if resume is not None:  # one paragraph for a foreign, truncated or mismatched file
+        check_resumable(read_checkpoint(resume), model.state_dict(), resume)
+    callbacks = [NonFiniteLossGuard(), *(extra_callbacks or [])]
+    trainer = build_trainer(cfg, callbacks, monitoring=has_validation(datamodule))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 
     metrics: dict[str, float] = {}
     best = best_score(trainer, cfg.monitor)
@@ -105,7 +148,7 @@ def run(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, 
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-@report_user_errors
+@tolerate_job_failures
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
