@@ -87,7 +87,7 @@ def trivial_task(cfg) -> float:
     return -((cfg.regularizer.weight - 1.0) ** 2)
 
 
-def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str]) -> None:
+def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str], task=trivial_task) -> None:
     """``python app.py -m OVERRIDES`` for an app whose config path is the project's conf/, in
     this process, through hydra.main: the plugins run as from the command line, without an
     interpreter start-up."""
@@ -98,7 +98,7 @@ def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str]) -> None:
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.chdir(tmp_path)
     try:
-        app(trivial_task)()
+        app(task)()
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
@@ -160,3 +160,41 @@ def test_lambda_optuna_search_space_and_a_three_trial_search(
     scores = {-((t["w"] - 1.0) ** 2): t for t in trials}
     assert best["best_value"] == pytest.approx(max(scores))
     assert best["best_params"]["regularizer.weight"] == pytest.approx(scores[max(scores)]["w"])
+
+
+@pytest.mark.slow  # an Optuna study of four trivial trials
+def test_a_failed_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """Trial 1 fails: it leaves failure.json (its error and the end of its log), Optuna records
+    it as failed, the other trials run, and the sweep ends with the failure listed, status 1."""
+    from ranking_reg.utils.errors import ConfigError
+    from ranking_reg.utils.sweep_failures import tolerate_job_failures
+
+    @tolerate_job_failures
+    def task(cfg) -> float:
+        value = trivial_task(cfg)
+        if HydraConfig.get().job.num == 1:
+            raise ConfigError("regularizer.weight: this trial's value is refused on purpose")
+        (Path(HydraConfig.get().runtime.output_dir) / "metrics.json").write_text("{}")
+        return value
+
+    sweep = tmp_path / "sweep"
+    overrides = ["+hparams_search=lambda_optuna", "hydra.sweeper.n_trials=4"]
+    overrides += [
+        "+hydra.callbacks.failures._target_="
+        + "ranking_reg.utils.sweep_failures.SweepFailureSummary"
+    ]
+    with pytest.raises(SystemExit) as ended:
+        run_sweep(monkeypatch, tmp_path, [*overrides, f"hydra.sweep.dir={sweep}"], task)
+    assert ended.value.code == 1
+    assert len(list(sweep.glob("*/job.json"))) == 4  # every trial ran
+    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert failure["user_error"] and "refused on purpose" in failure["message"]
+    assert failure["error_type"] == "ConfigError" and failure["traceback"] is None
+    assert not any((sweep / str(n) / "failure.json").exists() for n in (0, 2, 3))
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    scores = [
+        -((json.loads((sweep / str(n) / "job.json").read_text())["w"] - 1) ** 2) for n in (0, 2, 3)
+    ]
+    assert best["best_value"] == pytest.approx(max(scores))  # the failed trial is not a result
+    listed = json.loads((sweep / "failures.json").read_text())
+    assert [(f["job"], f["status"]) for f in listed] == [(str(sweep / "1"), "failed")]

@@ -103,8 +103,9 @@ def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
     run(compose_config(common + ["test=false"], output_dir=first), [StopAfterFirstEpoch()])
     last = first / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    # resuming into the same run folder keeps the best-checkpoint bookkeeping (README: Resuming)
-    resumed = run(compose_config(common + [f"ckpt_path={last}"], output_dir=first))
+    # the same command again with ckpt_path=auto continues from the folder's last.ckpt, keeping
+    # the best-checkpoint bookkeeping (README: Running on a cluster)
+    resumed = run(compose_config(common + ["ckpt_path=auto"], output_dir=first))
 
     assert set(resumed) == set(straight)
     for key in straight:

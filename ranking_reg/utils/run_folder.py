@@ -2,8 +2,8 @@
 
 ``ckpt_path=auto`` means "continue this run if it was started before": the run folder must then
 be the same each time the same command runs, so :func:`run_folder_name` (the ``rr_run_folder``
-resolver of ``conf/hydra/default.yaml``) names it ``auto-<hash>`` after the command-line
-overrides instead of the start time. A multirun's folder is ``<sweep dir>/<job number>``; with
+resolver of ``conf/hydra/default.yaml``) names it ``auto-<hash>`` after the command's arguments
+instead of the start time. A multirun's folder is ``<sweep dir>/<job number>``; with
 ``ckpt_path=auto`` the sweep dir is named the same way, so re-running a sweep (or a SLURM job
 requeued after a timeout or a preemption) finds each job's own folder.
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from omegaconf import OmegaConf
 
@@ -29,33 +30,38 @@ LOCK_NAME = ".lock"
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def _overrides(root: Any) -> list[str]:
-    overrides = OmegaConf.select(root, "hydra.overrides.task", default=None)
-    return [str(o) for o in overrides] if overrides is not None else []
-
-
 def _asks_auto(overrides: list[str]) -> bool:
     return any(o.split("=", 1) == ["ckpt_path", AUTO] for o in overrides)
 
 
-def auto_folder_name(overrides: list[str]) -> str:
-    """``auto-<12 hex>``: a sha256 of the sorted command-line overrides (the order in which they
-    were typed does not matter)."""
-    digest = hashlib.sha256("\n".join(sorted(overrides)).encode("utf-8")).hexdigest()
+def auto_folder_name(arguments: list[str]) -> str:
+    """``auto-<12 hex>``: a sha256 of the sorted command-line arguments (the order in which
+    they were typed does not matter)."""
+    digest = hashlib.sha256("\n".join(sorted(arguments)).encode("utf-8")).hexdigest()
     return f"{AUTO}-{digest[:12]}"
 
 
-def run_folder_name(stamp: str, *, _root_: Any) -> str:
+def run_folder_name(stamp: str) -> str:
     """The last part of the run (or sweep) folder: ``stamp`` (the start time), or
-    :func:`auto_folder_name` of the overrides when the command says ``ckpt_path=auto``."""
-    overrides = _overrides(_root_)
-    return auto_folder_name(overrides) if _asks_auto(overrides) else stamp
+    :func:`auto_folder_name` of the command's arguments when they say ``ckpt_path=auto``.
+
+    The arguments are the process's own (``sys.argv``), not ``hydra.overrides.task``: in a
+    multirun each job's config holds the job's overrides, and the sweep folder must be named
+    after the sweep's command. Jobs started in other processes (joblib, SLURM) get the value the
+    launching process resolved: the resolver is cached and Hydra copies the cache into each
+    job's config.
+    """
+    arguments = [str(a) for a in sys.argv[1:]]
+    return auto_folder_name(arguments) if _asks_auto(arguments) else stamp
 
 
 def register_run_folder_resolver() -> None:
     """Register ``${rr_run_folder:<stamp>}`` (idempotent): every entry point's Hydra config
-    names its folder through it."""
-    OmegaConf.register_new_resolver("rr_run_folder", run_folder_name, replace=True)
+    names its folder through it.
+
+    Cached (see :func:`run_folder_name`), so a run resolves its folder name once.
+    """
+    OmegaConf.register_new_resolver("rr_run_folder", run_folder_name, replace=True, use_cache=True)
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
