@@ -69,8 +69,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     overrides = [*TINY, "logger=none", "trainer.max_epochs=3", "trainer.limit_train_batches=2"]
     with pytest.raises(NonFiniteLossError) as stopped:
         run(compose_config(overrides, output_dir=tmp_path), [PoisonAtEpoch(1)])
-    message = format_user_error(stopped.value)
-    assert "training loss became nan at step 3 (epoch 1)" in " ".join(message.split())
+    message = " ".join(format_user_error(stopped.value).split())
+    assert "training loss became nan at step 3 (epoch 1)" in message
     assert "learning rate" in message and "optimizer.lr" in message
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0  # epoch 1 never saved
