@@ -309,3 +309,64 @@ def test_gpu_check_cpu_quick(tmp_path, capsys, monkeypatch):
     assert torch.get_num_threads() == threads  # the CPU mode's one thread is not left behind
     printed = capsys.readouterr().out
     assert "| synthetic | small_cnn, 2x4 @ 32 px, fp32, channels_last |" in printed
+
+
+# -- predict and gallery index --------------------------------------------------------------------
+
+
+def test_index_quick_rows_recall_against_exact():
+    from experiments.benchmarks import bench_index
+
+    rows = bench_index.run(quick=True)
+    assert [r["kind"] for r in rows] == ["exact", "flat", "ivf", "hnsw"]
+    assert all(r["bench"] == "index" and r["N"] == 2000 and r["queries"] == 100 for r in rows)
+    assert rows[0]["recall@10"] == rows[1]["recall@10"] == 1.0  # flat is exact too
+    assert all(0.9 <= r["recall@10"] <= 1.0 for r in rows[2:])
+    assert all(_positive_finite(r["qps"]) and _positive_finite(r["speedup"]) for r in rows)
+    assert rows[0]["speedup"] == 1.0 and rows[2]["params"] == {"nlist": 51, "nprobe": 6}
+    assert bench_index.recall_at([[1, 2, 3, 4]], [[4, 3, 9, 8]]) == 0.5
+    assert "| ivf | 2000 | 32 | 100 | nlist=51, nprobe=6 |" in bench_index.markdown_table(rows)
+
+
+def test_predict_quick_row_and_pipeline(tmp_path, monkeypatch):
+    import numpy as np
+
+    from experiments.benchmarks import bench_predict
+
+    # The pipeline writes what predict writes, from the model's own outputs.
+    model = bench_predict.build_model("small_cnn", 32)
+    images = torch.randn(6, 3, 32, 32)
+    gallery = bench_predict.synthetic_gallery(50)
+    embedded = bench_predict.predict_pipeline(model, images, 4, gallery, str(tmp_path))
+    with torch.no_grad():
+        expected = model(images).embedding.numpy()
+    np.testing.assert_allclose(embedded.embeddings, expected, atol=1e-5)
+    rows = [
+        json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().split("\n")[:-1]
+    ]
+    assert len(rows) == 6 and all(len(r["classes"]) == len(r["neighbors"]) == 5 for r in rows)
+    assert np.load(tmp_path / "embeddings.npy").shape == (6, 256)
+
+    # Known CPU times: the plain loop 0.5 s, the pipeline 0.55 s then 0.6 s.
+    clock = FakeClock()
+    pipeline_times = iter([9.0, 0.55, 0.6])  # a warm-up first, not counted
+    monkeypatch.setattr(bench_predict, "_clock", clock)
+    monkeypatch.setattr(bench_predict, "plain_loop", lambda *a: clock.advance(0.5))
+    monkeypatch.setattr(
+        bench_predict,
+        "predict_pipeline",
+        lambda *a: clock.advance(next(pipeline_times)) or embedded,
+    )
+    (row,) = bench_predict.run(quick=True)
+    assert (row["bench"], row["backbone"], row["images"], row["rounds"]) == (
+        "predict",
+        "small_cnn",
+        64,
+        2,
+    )
+    assert row["model_s"] == 0.5 and row["predict_s"] == pytest.approx(0.575)
+    assert row["ratio"] == pytest.approx(1.15) and row["overhead_pct"] == pytest.approx(15.0)
+    assert row["model_ips"] == 128.0 and row["embedding_dim"] == 256
+    assert "| small_cnn | 32 | 64 | 16 | 1000 | 128.0 | 111.3 | +15.0 % |" in (
+        bench_predict.markdown_table([row])
+    )

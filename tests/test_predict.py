@@ -238,3 +238,75 @@ def test_the_command_line_exits_2_with_one_paragraph(ckpt, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "configuration error: inputs is required" in " ".join(result.stderr.split())
+
+
+def _table_files(root: Path) -> list[dict]:
+    tables = []
+    for path in root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 1_000_000:
+            try:
+                tables.append(json.loads(path.read_text()))
+            except (UnicodeDecodeError, ValueError):
+                continue
+    return [t for t in tables if isinstance(t, dict) and "columns" in t and "data" in t]
+
+
+@pytest.mark.slow
+def test_wandb_logs_a_table_of_the_predictions(ckpt, mixed_inputs, tmp_path, monkeypatch):
+    """Offline: the run's table file holds one row per input (the W&B artifact copy holds the
+    thumbnails as images of at most thumb_size pixels)."""
+    from ranking_reg.inference.fingerprint import state_dict_fingerprint
+    from ranking_reg.inference.gallery import GalleryIndex
+    from ranking_reg.integrations.wandb_predictions import COLUMNS
+
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        (tmp_path / name.lower()).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # a small gallery index of this checkpoint, for the neighbour columns
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fingerprint = state_dict_fingerprint(torch.load(ckpt, weights_only=True)["state_dict"])
+    paths = [f"gallery/{i}.png" for i in range(6)]
+    GalleryIndex(x, np.arange(6) % 10, [str(d) for d in range(10)], paths, fingerprint).save(
+        tmp_path / "g"
+    )
+    out = tmp_path / "out"
+    overrides = ["logger=wandb", f"gallery={tmp_path / 'g'}", "neighbors=2"]
+    result = predict(
+        predict_config(ckpt, mixed_inputs, out, *overrides, "wandb_table.thumb_size=16")
+    )
+
+    (run_table,) = [t for t in _table_files(out / "wandb") if t["columns"] == list(COLUMNS)]
+    assert len(run_table["data"]) == len(result.rows) == len(EXPECTED_ORDER)
+    for row, cells in zip(result.rows, run_table["data"], strict=True):
+        cell = dict(zip(COLUMNS, cells, strict=True))
+        assert cell["path"] == row["path"]
+        if "error" in row:
+            assert cell["error"] == row["error"] and cell["image"] is None
+            assert cell["label"] is None and cell["neighbor_paths"] == []
+            continue
+        top = row["classes"][0]
+        assert (cell["label"], cell["name"], cell["prob"]) == (
+            top["label"],
+            top["name"],
+            top["prob"],
+        )
+        assert cell["top_classes"].startswith(f"{top['name']} ({top['prob']:.3f}), ")
+        assert cell["neighbor_paths"] == [n["path"] for n in row["neighbors"]]
+        assert cell["neighbor_labels"] == [n["label"] for n in row["neighbors"]]
+        assert len(cell["neighbor_paths"]) == 2 and set(cell["neighbor_paths"]) <= set(paths)
+        assert cell["error"] is None
+    staged = [t for t in _table_files(tmp_path / "wandb_data_dir") if t["columns"] == list(COLUMNS)]
+    assert staged and all(t == staged[0] for t in staged)  # staged (and cached) copies
+    artifact_table = staged[0]
+    sizes = [(c[1]["width"], c[1]["height"]) if c[1] else None for c in artifact_table["data"]]
+    expected = {"nested/e_grey.png": (16, 13), BAD: None}  # 24 x 20 -> 16 x 13; unreadable
+    for name, size in zip(EXPECTED_ORDER, sizes, strict=True):
+        assert size == expected.get(name, (8, 8)), name
+    import wandb
+
+    assert wandb.run is None  # finished

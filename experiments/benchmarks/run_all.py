@@ -5,7 +5,9 @@ Benches (each module has ``run(quick) -> list[dict]`` and ``markdown_table(rows)
 - ``two_head``: train-step time, two-head + semi-hard triplet vs softmax only (bench_two_head);
 - ``input``: images/s of one loader worker, ours vs torchvision's ImageFolder (bench_input);
 - ``eval``: ``retrieval_metrics`` vs PML's AccuracyCalculator on 24,633 x 256 (bench_eval);
-- ``mining``: our triplet losses vs PML's miners + TripletMarginLoss (bench_mining).
+- ``mining``: our triplet losses vs PML's miners + TripletMarginLoss (bench_mining);
+- ``predict``: predict's pipeline vs a plain ``model(images)`` loop, same batches (bench_predict);
+- ``index``: gallery search, exact vs faiss flat/ivf/hnsw, recall@10 and queries/s (bench_index).
 
 Every figure is a ratio against a baseline timed in the same run; no absolute time is a pass or
 a fail. The issue's targets for a 2-core CPU are checked and reported (``targets``), not enforced.
@@ -40,6 +42,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "input": ("bench_input", "Input pipeline (one worker, ours vs torchvision ImageFolder)"),
     "eval": ("bench_eval", "Evaluation (retrieval_metrics vs PML AccuracyCalculator)"),
     "mining": ("bench_mining", "Mining (our triplet losses vs PML miners)"),
+    "predict": ("bench_predict", "Predict overhead (predict pipeline vs plain model(images), CPU)"),
+    "index": ("bench_index", "Gallery search (exact vs faiss flat/ivf/hnsw: recall@10, queries/s)"),
 }
 PACKAGE = "experiments.benchmarks"
 
