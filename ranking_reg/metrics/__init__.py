@@ -4,6 +4,8 @@
 - :mod:`~ranking_reg.metrics.kmeans`: seeded k-means (for NMI);
 - :mod:`~ranking_reg.metrics.retrieval`: Recall@K, MAP@R and NMI of an embedding;
 - :mod:`~ranking_reg.metrics.classification`: accuracy, per-class and many/medium/few-shot;
+- :mod:`~ranking_reg.metrics.knn_classify`: kNN classification against a labelled gallery and
+  its fusion with the softmax;
 - :mod:`~ranking_reg.metrics.evaluator`: collects one evaluation's outputs and scores them.
 """
 
@@ -15,6 +17,7 @@ from ranking_reg.metrics.classification import (
 from ranking_reg.metrics.evaluator import EvaluationResult, Evaluator, notify_evaluation_end
 from ranking_reg.metrics.kmeans import kmeans
 from ranking_reg.metrics.knn import nearest_neighbors, search_gallery
+from ranking_reg.metrics.knn_classify import knn_classification_metrics
 from ranking_reg.metrics.retrieval import retrieval_metrics
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "Evaluator",
     "classification_metrics",
     "kmeans",
+    "knn_classification_metrics",
     "nearest_neighbors",
     "notify_evaluation_end",
     "per_class_accuracy",

@@ -12,7 +12,19 @@ its own samples), orders them by the sample's position in the evaluated dataset 
   so a softmax-only run still reports the quality of its embedding;
 - ``many_acc``, ``medium_acc``, ``few_acc``
   (:func:`~ranking_reg.metrics.classification.shot_accuracy`, Liu et al., CVPR 2019) when
-  ``train_class_counts`` is set (a long-tailed training split).
+  ``train_class_counts`` is set (a long-tailed training split);
+- ``knn_acc@k`` for the ``knn_ks`` and, with the class head, ``fused_acc``, ``fused_alpha``,
+  ``fused_alpha_on_val`` (:mod:`~ranking_reg.metrics.knn_classify`) when a *gallery* stream was
+  collected: the evaluated split's embeddings are kNN-classified against it, and alpha of the
+  fusion is chosen on the *val* stream if one was collected, else it is ``fuse_alpha``; and
+  ``pooled_knn_acc@k``, the same vote with the pooled features (what a softmax-only network
+  classifies by kNN with).
+
+Streams: ``update(..., stream=)`` files a batch under ``query`` (the evaluated split, default),
+``gallery`` (the labelled gallery of the kNN metrics: the training split under the evaluation
+transform) or ``val`` (the validation queries that choose alpha). :meth:`Evaluator.reset` names
+the streams the next :meth:`~Evaluator.compute` gathers, so every process gathers the same
+streams in the same order even when one of them got no batch of one stream.
 
 The :class:`EvaluationResult` carries the metrics and the gathered arrays to whoever draws or
 stores them. :func:`notify_evaluation_end` hands it to the callbacks explicitly: Lightning
@@ -29,10 +41,17 @@ from typing import Any
 import torch
 
 from ranking_reg.metrics.classification import classification_metrics, shot_accuracy
+from ranking_reg.metrics.knn_classify import knn_classification_metrics
 from ranking_reg.metrics.retrieval import retrieval_metrics
 from ranking_reg.utils import distributed
 
-_KEYS = ("logits", "embeddings", "pooled", "labels", "positions")
+# what each stream keeps (a gallery as large as a training split: no logits)
+STREAMS = {
+    "query": ("logits", "embeddings", "pooled", "labels", "positions"),
+    "gallery": ("embeddings", "pooled", "labels", "positions"),
+    "val": ("logits", "embeddings", "labels", "positions"),
+}
+DEFAULT_FUSE_GRID = tuple(i / 10 for i in range(11))
 
 
 @dataclass
@@ -53,9 +72,10 @@ class Evaluator:
 
     ``ks``: the Recall@k of the embedding head; ``pooled_ks``: those of the pooled features;
     ``seed``: the k-means seed of both NMIs; ``many_shot`` / ``few_shot``: the bounds of the
-    many/medium/few-shot split. Two plain attributes are set by the owner before
-    :meth:`compute`: ``train_class_counts`` (training images per class, or None) and
-    ``classify`` (False when the class head does not fit the evaluated classes).
+    many/medium/few-shot split; ``knn_ks``, ``fuse_alpha``, ``fuse_grid``: the kNN
+    classification against a gallery stream (:meth:`configure_knn`). Two plain attributes are
+    set by the owner before :meth:`compute`: ``train_class_counts`` (training images per class,
+    or None) and ``classify`` (False when the class head does not fit the evaluated classes).
     """
 
     def __init__(
@@ -65,6 +85,9 @@ class Evaluator:
         pooled_ks: Sequence[int] = (1,),
         many_shot: int = 100,
         few_shot: int = 20,
+        knn_ks: Sequence[int] = (1, 10),
+        fuse_alpha: float = 0.5,
+        fuse_grid: Sequence[float] = DEFAULT_FUSE_GRID,
     ) -> None:
         self.ks = tuple(int(k) for k in ks)
         self.pooled_ks = tuple(int(k) for k in pooled_ks)
@@ -73,18 +96,54 @@ class Evaluator:
         self.seed = int(seed)
         self.many_shot = int(many_shot)
         self.few_shot = int(few_shot)
+        self.knn_ks: tuple[int, ...] = ()
+        self.fuse_alpha = 0.5
+        self.fuse_grid: tuple[float, ...] = ()
+        self.configure_knn(knn_ks, fuse_alpha, fuse_grid)
         self.train_class_counts: list[int] | None = None
         self.classify: bool = True
-        self._batches: list[dict[str, torch.Tensor]] = []
+        self._streams: tuple[str, ...] = ("query",)
+        self._batches: dict[str, list[dict[str, torch.Tensor]]] = {"query": []}
 
-    def reset(self) -> None:
-        """Forget every batch collected so far."""
-        self._batches = []
+    def configure_knn(
+        self,
+        ks: Sequence[int] | None = None,
+        fuse_alpha: float | None = None,
+        fuse_grid: Sequence[float] | None = None,
+    ) -> None:
+        """Set the kNN settings that are not None: the ks of ``knn_acc@k`` (the vote fused with
+        the softmax is the one at the largest), the default alpha (used without validation
+        queries) and the grid alpha is chosen from on them; all alphas in [0, 1]."""
+        if ks is not None:
+            ks = tuple(int(k) for k in ks)
+            if not ks or min(ks) < 1:
+                raise ValueError(f"knn ks must be positive integers, got {ks}")
+            self.knn_ks = ks
+        if fuse_alpha is not None:
+            if not 0.0 <= float(fuse_alpha) <= 1.0:
+                raise ValueError(f"fuse_alpha must be in [0, 1], got {fuse_alpha}")
+            self.fuse_alpha = float(fuse_alpha)
+        if fuse_grid is not None:
+            grid = tuple(float(a) for a in fuse_grid)
+            if not grid or not all(0.0 <= a <= 1.0 for a in grid):
+                raise ValueError(f"fuse_grid must be a non-empty list in [0, 1], got {grid}")
+            self.fuse_grid = grid
+
+    def reset(self, streams: Sequence[str] = ("query",)) -> None:
+        """Forget every batch collected so far; the next compute gathers ``streams`` (which
+        always include ``query``)."""
+        unknown = set(streams) - set(STREAMS)
+        if unknown:
+            raise ValueError(
+                f"unknown evaluation streams {sorted(unknown)}; known: {list(STREAMS)}"
+            )
+        self._streams = ("query", *(s for s in streams if s != "query"))
+        self._batches = {stream: [] for stream in self._streams}
 
     @property
     def empty(self) -> bool:
-        """True when no batch was collected since the last reset."""
-        return not self._batches
+        """True when no query batch was collected since the last reset."""
+        return not self._batches.get("query")
 
     def update(
         self,
@@ -93,38 +152,50 @@ class Evaluator:
         pooled: torch.Tensor,
         labels: torch.Tensor,
         positions: torch.Tensor,
+        stream: str = "query",
     ) -> None:
-        """Keep one batch (detached, on its device; logits as float32)."""
-        batch = {
-            "logits": logits.detach().float(),
-            "embeddings": embeddings.detach(),
-            "pooled": pooled.detach(),
-            "labels": labels.detach(),
-            "positions": positions.detach(),
+        """Keep one batch of ``stream`` (detached, on its device; logits as float32); a stream
+        keeps only the outputs it needs (:data:`STREAMS`)."""
+        if stream not in self._batches:
+            raise ValueError(
+                f"Evaluator.update: stream {stream!r} was not announced by reset({self._streams})"
+            )
+        outputs = {
+            "logits": logits,
+            "embeddings": embeddings,
+            "pooled": pooled,
+            "labels": labels,
+            "positions": positions,
         }
-        sizes = {key: value.shape[0] if value.ndim else 0 for key, value in batch.items()}
+        sizes = {key: value.shape[0] if value.ndim else 0 for key, value in outputs.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"Evaluator.update: batch sizes differ between the outputs: {sizes}")
-        self._batches.append(batch)
+        batch = {key: outputs[key].detach() for key in STREAMS[stream]}
+        if "logits" in batch:
+            batch["logits"] = batch["logits"].float()
+        self._batches[stream].append(batch)
 
     def compute(self, stage: str, num_classes: int) -> EvaluationResult:
         """Concatenate, gather (all processes must call this), move to CPU, sort by position,
         compute the metrics and reset; raises RuntimeError if nothing was collected."""
-        if not self._batches:
+        if self.empty:
             raise RuntimeError(
                 f"Evaluator.compute({stage!r}): no batch was collected since the last reset"
             )
         try:
-            keys = _KEYS if self.classify else _KEYS[1:]
-            local = {key: torch.cat([b[key] for b in self._batches]) for key in keys}
-            merged = {key: distributed.gather_uneven(value).cpu() for key, value in local.items()}
-            order = torch.argsort(merged["positions"], stable=True)
-            out = {key: value[order] for key, value in merged.items()}
+            out = self._gather("query", self._batches["query"][0])
+            extra = {
+                stream: self._gather(stream, self._batches["query"][0])
+                for stream in self._streams[1:]
+            }
             embeddings = out["embeddings"].float()
             pooled = out["pooled"].float()
             labels = out["labels"].long()
             logits = out["logits"] if self.classify else None
             metrics = self._metrics(embeddings, pooled, logits, labels, num_classes)
+            gallery = extra.get("gallery")
+            if gallery is not None and len(gallery["labels"]):  # an empty gallery: no kNN
+                metrics.update(self._knn_metrics(embeddings, pooled, labels, logits, extra))
             return EvaluationResult(
                 stage=stage,
                 metrics=metrics,
@@ -136,6 +207,52 @@ class Evaluator:
             )
         finally:
             self.reset()
+
+    def _gather(self, stream: str, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The stream's outputs of every process, on CPU, sorted by position (all processes
+        must call this; a process without a batch of the stream sends none, shaped like
+        ``template``'s)."""
+        keys = [k for k in STREAMS[stream] if self.classify or k != "logits"]
+        batches = self._batches[stream]
+        local = {
+            key: torch.cat([b[key] for b in batches])
+            if batches
+            else template[key].new_zeros((0, *template[key].shape[1:]))
+            for key in keys
+        }
+        merged = {key: distributed.gather_uneven(value).cpu() for key, value in local.items()}
+        order = torch.argsort(merged["positions"], stable=True)
+        return {key: value[order] for key, value in merged.items()}
+
+    def _knn_metrics(
+        self,
+        embeddings: torch.Tensor,
+        pooled: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor | None,
+        extra: dict[str, dict[str, torch.Tensor]],
+    ) -> dict[str, float]:
+        gallery, val = extra["gallery"], extra.get("val")
+        val_queries = None
+        if val is not None and logits is not None and len(val["labels"]):
+            val_queries = (val["embeddings"].float(), val["labels"].long(), val["logits"])
+        gallery_labels = gallery["labels"].long()
+        metrics = knn_classification_metrics(
+            gallery["embeddings"].float(),
+            gallery_labels,
+            embeddings,
+            labels,
+            ks=self.knn_ks,
+            logits=logits,
+            val=val_queries,
+            fuse_alpha=self.fuse_alpha,
+            fuse_grid=self.fuse_grid,
+        )
+        pooled_metrics = knn_classification_metrics(
+            gallery["pooled"].float(), gallery_labels, pooled, labels, ks=self.knn_ks
+        )
+        metrics.update({f"pooled_{key}": value for key, value in pooled_metrics.items()})
+        return metrics
 
     def _metrics(
         self,
