@@ -36,7 +36,8 @@ from ranking_reg.config.rules import (
     string,
 )
 from ranking_reg.config.rules import check_value as check_rule
-from ranking_reg.data.choices import AUGMENTS, CLASS_SAMPLING
+from ranking_reg.data.choices import AUGMENTS, CLASS_SAMPLING, GALLERIES
+from ranking_reg.data.class_subset import CLASS_SUBSETS
 from ranking_reg.data.parsers.aircraft import LEVELS as AIRCRAFT_LEVELS
 from ranking_reg.models.limits import EMBEDDING_SOURCES, MIN_IMG_SIZE
 from ranking_reg.utils.errors import ConfigError
@@ -46,6 +47,14 @@ __all__ = ["SCHEMA", "check_schema", "check_value"]
 
 def _crop_scale(value: Any) -> bool:
     return len(value) == 2 and all(is_number(v) for v in value) and 0 < value[0] <= value[1] <= 1
+
+
+def _unit_numbers(value: Any) -> bool:
+    return len(value) > 0 and all(is_number(v) and 0 <= v <= 1 for v in value)
+
+
+def _positive_ints(value: Any) -> bool:
+    return all(is_int(k) and k >= 1 for k in value)
 
 
 def _device_ids(value: Any) -> bool:
@@ -95,7 +104,29 @@ SCHEMA: dict[str, Rule] = {
     "metrics.ks": Rule(
         "a non-empty list of integers >= 1 (Recall@K; the paper: 1, 4, 8, 16)",
         lambda v: isinstance(v, (list, tuple)) and len(v) > 0,
-        lambda v: all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in v),
+        _positive_ints,
+    ),
+    # kNN classification at test time (evaluate: null = the checkpoint's setting)
+    "metrics.knn.gallery": choice(
+        *GALLERIES, note="train: the training split is the kNN gallery; none: no kNN metrics"
+    ),
+    "metrics.knn.ks": Rule(
+        "a non-empty list of integers >= 1 (test/knn_acc@k), or null in evaluate (the"
+        " checkpoint's)",
+        lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) > 0),
+        lambda v: v is None or _positive_ints(v),
+    ),
+    "metrics.knn.fuse_alpha": number(
+        0,
+        1,
+        note="the softmax + kNN fusion weight without a validation split",
+        null="evaluate: the checkpoint's",
+    ),
+    "metrics.knn.fuse_grid": Rule(
+        "a non-empty list of numbers in [0, 1] (the alphas tried on the validation split), or"
+        " null in evaluate (the checkpoint's)",
+        lambda v: v is None or isinstance(v, (list, tuple)),
+        lambda v: v is None or _unit_numbers(v),
     ),
     # -- data (conf/data/*.yaml)
     "data.name": string("a dataset name"),
@@ -136,6 +167,11 @@ SCHEMA: dict[str, Rule] = {
     ),
     "data.many_shot": integer(0, note="train images per class above which a class is many-shot"),
     "data.few_shot": integer(0, note="train images per class below which a class is few-shot"),
+    "data.classes": choice(
+        *CLASS_SUBSETS,
+        note="first_half: class ids [0, C//2), second_half: [C//2, C), relabelled from 0",
+    ),
+    "data.gallery": choice(*GALLERIES, note="set by metrics.knn.gallery"),
     "data.skip_corrupt": boolean(),
     "data.decode_size": integer(8, note="pixels of reduced-scale JPEG decoding", null="off"),
     "data.level": choice(*AIRCRAFT_LEVELS, note="aircraft's label granularity"),

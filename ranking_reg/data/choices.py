@@ -7,3 +7,6 @@ AUGMENTS = ("rrc", "resize_crop", "inception")
 # data.class_sampling: uniform = class ids shuffled and taken in turn (the authors' loader);
 # proportional = classes in proportion to their size
 CLASS_SAMPLING = ("uniform", "proportional")
+# data.gallery (set by metrics.knn.gallery): train = the training split is the kNN gallery of
+# the test; none = no kNN metrics
+GALLERIES = ("train", "none")

@@ -5,10 +5,18 @@ fraction (``val_fraction``) carved from train (none of the five datasets has a s
 in the paper's protocol). ``val_fraction=0`` (the authors' protocol) trains on the whole training
 split: there is no validation split (``val_dataset`` is None, ``has_validation`` is False and
 ``val_dataloader()`` returns an empty list, which Lightning takes as "no validation").
-``imbalance_ratio`` long-tails what remains of train, never val or test.
+``imbalance_ratio`` long-tails what remains of train, never val or test. ``classes`` keeps one
+half of the classes in every split, relabelled (:mod:`ranking_reg.data.class_subset`).
 Training batches are P x K (:class:`PKBatchSampler`, classes drawn by ``class_sampling``);
 ``augment`` picks the train/test preprocessing (:mod:`ranking_reg.data.transforms`); evaluation
 covers each split exactly once across processes (:class:`ShardedEvalSampler`).
+
+The test loaders: with ``gallery="none"`` the test split alone; with ``gallery="train"`` also
+the training split under the *evaluation* transform (the labelled gallery of the kNN metrics;
+what the model trained on: after the validation carve and the long-tail cut, so it never holds a
+validation image) and, when there is a validation split distinct from the test split, the
+validation split (its queries choose alpha of the softmax + kNN fusion). ``test_streams`` names
+them in the order of ``test_dataloader()``. Validation during fitting stays one loader.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ranking_reg.data.choices import GALLERIES
+from ranking_reg.data.class_subset import CLASS_SUBSETS, select_classes
 from ranking_reg.data.pk_sampler import PKBatchSampler, check_pk_batch
 from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
@@ -54,6 +64,8 @@ class FGVRDataModule(L.LightningDataModule):
         val_source: str = "train",
         many_shot: int = 100,
         few_shot: int = 20,
+        classes: str = "all",
+        gallery: str = "none",
         **dataset_options: Any,
     ) -> None:
         super().__init__()
@@ -63,6 +75,18 @@ class FGVRDataModule(L.LightningDataModule):
                 f"val_source={val_source}: 'train' (a held-out part of the training split) or"
                 " 'test' (selection=best_test: the test split chooses the checkpoint)."
             )
+        if classes not in CLASS_SUBSETS:
+            raise ConfigError(
+                f"data.classes={classes}: expects one of {', '.join(CLASS_SUBSETS)} (first_half:"
+                " class ids [0, C//2), second_half: [C//2, C), relabelled from 0)."
+            )
+        if gallery not in GALLERIES:
+            raise ConfigError(
+                f"gallery={gallery} (metrics.knn.gallery): expects train (the training split is"
+                " the gallery of the kNN metrics at test time) or none (no kNN metrics)."
+            )
+        self.class_subset = classes
+        self.gallery = gallery
         self.val_source = val_source
         self.name = name
         self.root = root
@@ -88,6 +112,7 @@ class FGVRDataModule(L.LightningDataModule):
         self.train_dataset: SplitView | None = None
         self.val_dataset: SplitView | None = None
         self.test_dataset: SplitView | None = None
+        self.gallery_dataset: SplitView | None = None
 
     # -- datasets ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -100,6 +125,8 @@ class FGVRDataModule(L.LightningDataModule):
             options["split_seed"] = self.split_seed  # folder/csv: their train/test split
         train_base = build_dataset(self.name, self.root, "train", **options)
         test_base = build_dataset(self.name, self.root, "test", **options)
+        train_base = select_classes(train_base, self.class_subset)
+        test_base = select_classes(test_base, self.class_subset)
         if list(train_base.classes) != list(test_base.classes):
             raise ConfigError(
                 f"data={self.name}: the train and test splits list different classes; check the"
@@ -123,6 +150,7 @@ class FGVRDataModule(L.LightningDataModule):
             resize_size=self.resize_size,
         )
         self.train_dataset = SplitView(train_base, train_idx, training)
+        self.gallery_dataset = SplitView(train_base, train_idx, evaluation)
         self.test_dataset = SplitView(test_base, None, evaluation)
         if self.val_source == "test":  # the authors' selection: validate on the test split
             self.val_dataset = self.test_dataset
@@ -136,6 +164,16 @@ class FGVRDataModule(L.LightningDataModule):
         """False with ``val_fraction=0`` (train on the whole train split) unless the test split
         validates (``val_source="test"``, selection=best_test)."""
         return self.val_fraction > 0 or self.val_source == "test"
+
+    @property
+    def test_streams(self) -> tuple[str, ...]:
+        """What each loader of ``test_dataloader()`` holds, in order: ``query`` (the test
+        split), ``gallery`` (train, evaluation transform), ``val`` (the validation split, only
+        when it is not the test split)."""
+        if self.gallery == "none":
+            return ("query",)
+        distinct_val = self.val_source == "train" and self.val_fraction > 0
+        return ("query", "gallery", "val") if distinct_val else ("query", "gallery")
 
     @property
     def num_classes(self) -> int:
@@ -187,7 +225,9 @@ class FGVRDataModule(L.LightningDataModule):
         return DataLoader(self.train_dataset, batch_sampler=seeded, **self._loader_options())
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        dataset = self.eval_dataset(stage)
+        return self._sharded_loader(self.eval_dataset(stage))
+
+    def _sharded_loader(self, dataset: SplitView) -> DataLoader:
         world, rank = self._replicas()
         return DataLoader(
             dataset,
@@ -201,5 +241,15 @@ class FGVRDataModule(L.LightningDataModule):
             return []  # Lightning skips validation when the loader list is empty
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test split's loader; with a gallery, the loaders of ``test_streams``."""
+        streams = self.test_streams
+        if streams == ("query",):
+            return self._eval_loader("test")
+        assert self.gallery_dataset is not None, "call setup() first"
+        datasets = {
+            "query": self.eval_dataset("test"),
+            "gallery": self.gallery_dataset,
+            "val": self.val_dataset,
+        }
+        return [self._sharded_loader(datasets[stream]) for stream in streams]

@@ -10,6 +10,12 @@ Training logs ``train/loss``, ``train/ce``, ``train/reg``, ``train/active_triple
 selected triplets with a non-zero hinge). Validation and test hand every batch to the
 :class:`~ranking_reg.metrics.Evaluator`, log ``{stage}/<metric>`` from it, and hand the gathered
 arrays to callbacks that define ``on_evaluation_end`` (pictures).
+
+The test may have several loaders (the data module's ``test_streams``: the test split, the
+training split as the kNN gallery, the validation split that chooses the fusion's alpha); each
+batch goes to the evaluator under its loader's stream. Validation epochs during fitting have one
+loader and compute no kNN classification metrics (an extra pass over the training split every
+epoch would cost more than the validation itself); only the test does.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class RankingRegModule(L.LightningModule):
         self.evaluator = evaluator if evaluator is not None else Evaluator(seed=seed)
         self.seed = int(seed)
         self.channels_last = channels_last
+        self._test_streams: tuple[str, ...] = ("query",)  # set per test epoch
 
     @property
     def num_classes(self) -> int:
@@ -148,22 +155,28 @@ class RankingRegModule(L.LightningModule):
         if long_tailed and hasattr(datamodule, "train_class_counts"):
             self.evaluator.train_class_counts = list(datamodule.train_class_counts)
 
-    def _collect(self, batch: Any) -> None:
+    def _collect(self, batch: Any, stream: str = "query") -> None:
         images, labels, positions = batch
         output = self(images)
-        self.evaluator.update(output.logits, output.embedding, output.pooled, labels, positions)
+        self.evaluator.update(
+            output.logits, output.embedding, output.pooled, labels, positions, stream=stream
+        )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._collect(batch)
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, self._test_streams[dataloader_idx])
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator.reset()
+        # trainer.test(datamodule=...): its loaders are its test_streams; loaders given
+        # directly (no data module) are the evaluated split
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._test_streams = tuple(getattr(datamodule, "test_streams", None) or ("query",))
+        self.evaluator.reset(self._test_streams)
 
     def _evaluate(self, stage: str) -> None:
         if self.evaluator.empty:
