@@ -7,6 +7,14 @@ checkpoint's own data config; ``data.<key>=value`` overrides replace single keys
 On a dataset whose classes differ from the trained ones only the embedding is evaluated
 (retrieval metrics): a class head never scores classes it was not trained on. Writes
 ``metrics.json`` into the Hydra output folder.
+
+``gallery=train`` (the default) also kNN-classifies the test split against the training split
+of the evaluated data (``test/knn_acc@k``; with the class head, the softmax + kNN fusion
+``test/fused_acc``, see :mod:`ranking_reg.metrics.knn_classify`); ``gallery=none`` skips it.
+On classes the model never saw this is classification without retraining: a model trained with
+``data.classes=first_half`` evaluated with ``data.classes=second_half`` reports retrieval and
+kNN accuracy on the other half (no softmax or fused accuracy there). ``metrics.knn.ks`` /
+``fuse_alpha`` / ``fuse_grid`` default to the checkpoint's own settings.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import os
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ranking_reg.data.choices import GALLERIES
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError, report_user_errors
@@ -57,6 +66,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
             "ckpt_path is required. Usage: python -m ranking_reg.evaluate"
             " ckpt_path=<run dir>/checkpoints/best-....ckpt [data.root=...] [data=<name>]"
         )
+    gallery = cfg.get("gallery", "train")
+    if gallery not in GALLERIES:
+        raise ConfigError(
+            f"gallery={gallery}: expects train (kNN-classify the test split against the training"
+            " split of the evaluated data) or none (no kNN metrics)."
+        )
     validate_config(cfg)
     import lightning as L
 
@@ -69,10 +84,14 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     module = RankingRegModule.from_checkpoint(checkpoint)
     L.seed_everything(cfg.seed, workers=True)
     data_cfg = data_config(cfg, hparams["run_config"], overrides or [])
+    with open_dict(data_cfg):
+        data_cfg.gallery = gallery
     datamodule = build(data_cfg, "data")
     datamodule.setup("test")
     classes = [str(c) for c in datamodule.test_dataset.classes]
     module.evaluator.classify = classes == list(hparams.get("classes") or [])
+    knn = OmegaConf.select(cfg, "metrics.knn") or {}
+    module.evaluator.configure_knn(knn.get("ks"), knn.get("fuse_alpha"), knn.get("fuse_grid"))
     trainer = build_trainer(cfg, checkpointing=False)
     trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
