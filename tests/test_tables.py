@@ -307,6 +307,7 @@ def test_retrieval_holds_every_table_5_row() -> None:
     spec = load_spec(SPECS_DIR / "retrieval.yaml", "paper")
     assert [m.key for m in spec.metrics] == [
         "test/nmi", "test/recall@1", "test/recall@4", "test/recall@8", "test/recall@16",
+        "test/knn_acc@1",
     ]  # fmt: skip
     rows = {(r["backbone"], r["dataset"], r["method"]) for r in spec.published}
     assert len(rows) == 45 and len(spec.published) == 225  # 15 blocks x 3 losses, 5 numbers each

@@ -27,7 +27,7 @@ from ranking_reg.reporting.statistics import Paired, WinLoss, attach_statistics
 from ranking_reg.reporting.summary import Summary
 from ranking_reg.reporting.table_spec import Cell, Metric, TableSpec, load_spec
 
-DEFAULT_METRICS = ("test/acc", "test/macro_acc", "test/recall@1", "test/nmi")
+DEFAULT_METRICS = ("test/acc", "test/macro_acc", "test/recall@1", "test/nmi", "test/knn_acc@1")
 
 
 @dataclass

@@ -10,11 +10,14 @@ PERCENT_PREFIXES = (
     "medium_acc",
     "few_acc",
     "pooled_recall@",
+    "knn_acc@",
+    "fused_acc",
 )
 
 
 def format_metrics_table(metrics: dict[str, float], title: str = "metrics") -> str:
-    """A two-column text table; accuracies and recalls in percent, NMI and MAP@R as fractions."""
+    """A two-column text table; accuracies (softmax, kNN, fused) and recalls in percent; NMI,
+    MAP@R, the fusion's alpha and the 0/1 flags as plain numbers."""
     rows = []
     for key in sorted(metrics):
         value = metrics[key]
