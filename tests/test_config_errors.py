@@ -223,7 +223,8 @@ def test_schema_covers_every_documented_key():
         data.val_fraction data.split_seed data.flip data.crop_scale data.many_shot data.few_shot
         data.skip_corrupt data.decode_size data.level data.crop_banner data.use_bbox
         data.list_file data.test_fraction data.root data.augment data.class_sampling
-        test_ckpt metrics.ks
+        test_ckpt metrics.ks metrics.knn.gallery metrics.knn.ks metrics.knn.fuse_alpha
+        metrics.knn.fuse_grid data.classes
         backbone.pretrained backbone.weights_file backbone.input_size
         regularizer.weight regularizer.margin regularizer.alpha regularizer.cross_device
         model.net.embedding_dim model.net.embedding_source model.channels_last model.compile

@@ -24,6 +24,11 @@ METRIC_KEYS = {
     "test/recall@16",
     "test/nmi",
     "test/map@r",
+    # kNN classification against the training split (metrics.knn, on by default)
+    "test/knn_acc@1",
+    "test/knn_acc@10",
+    "test/fused_acc",
+    "test/fused_alpha",
 }
 
 
@@ -125,6 +130,16 @@ def test_ddp_on_two_cpu_processes_trains_and_tests(tmp_path):
     # each rank's shard of the 450 test digits (225) is its first batch: the gathered split
     # holds every digit once, so the accuracy is a whole number of 450ths
     assert metrics["test/acc"] * 450 == pytest.approx(round(metrics["test/acc"] * 450), abs=1e-3)
+    # one process scoring the same weights on the same samples (each rank's first batch: the
+    # first 2 x 256 training images as the kNN gallery, all test and validation digits) agrees
+    from test_evaluate import _evaluate
+
+    best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    single = _evaluate(best, tmp_path / "eval", test_batches=2)
+    knn = [k for k in metrics if "knn" in k or "fused" in k]
+    assert len(knn) == 7
+    for key in knn + ["test/acc", "test/recall@1"]:
+        assert single[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
 def flowers_overrides(root) -> list[str]:
@@ -187,6 +202,10 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))  # the metrics, uploaded later by `wandb sync`
+    from test_wandb import run_summary
+
+    logged = run_summary(str(runs[0]))["history"]  # every test metric, the kNN ones too
+    assert {"test/acc", "test/knn_acc@1", "test/fused_acc", "test/fused_alpha"} <= set(logged)
     assert (out / "metrics.json").is_file()
 
 
