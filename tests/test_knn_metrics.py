@@ -268,9 +268,15 @@ def test_metrics_table_prints_knn_accuracies_in_percent():
     from ranking_reg.reporting.metrics_table import format_metrics_table
 
     table = format_metrics_table(
-        {"test/knn_acc@1": 0.9, "test/fused_acc": 0.95, "test/fused_alpha": 0.3}
+        {
+            "test/knn_acc@1": 0.9,
+            "test/pooled_knn_acc@10": 0.85,
+            "test/fused_acc": 0.95,
+            "test/fused_alpha": 0.3,
+        }
     )
-    assert "90.00 %" in table and "95.00 %" in table and "0.3000" in table
+    assert "90.00 %" in table and "85.00 %" in table and "95.00 %" in table
+    assert "0.3000" in table
 
 
 def test_the_retrieval_table_has_a_knn_column(tmp_path):

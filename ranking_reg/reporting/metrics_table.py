@@ -11,6 +11,7 @@ PERCENT_PREFIXES = (
     "few_acc",
     "pooled_recall@",
     "knn_acc@",
+    "pooled_knn_acc@",
     "fused_acc",
 )
 
