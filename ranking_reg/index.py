@@ -14,6 +14,7 @@ default) searches by brute force, exactly; ``flat``, ``ivf`` and ``hnsw`` build 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -24,19 +25,23 @@ from ranking_reg.utils.errors import report_user_errors
 from ranking_reg.utils.hydra_utils import task_overrides
 from ranking_reg.utils.paths import CONFIG_DIR
 
+if TYPE_CHECKING:  # torch is imported after the options are checked
+    from ranking_reg.inference.gallery import GalleryIndex
+
 USAGE = (
     "python -m ranking_reg.index ckpt_path=<run dir>/checkpoints/last.ckpt out=<gallery folder>"
     " [split=train|test] [index.kind=exact|flat|ivf|hnsw]"
 )
 
 
-def build_index(cfg: DictConfig, overrides: list[str] | None = None):
+def build_index(cfg: DictConfig, overrides: list[str] | None = None) -> GalleryIndex:
     """Embed ``cfg.split`` with ``cfg.ckpt_path`` and save the index to ``cfg.out``; returns
     the :class:`~ranking_reg.inference.gallery.GalleryIndex`."""
     options.require(cfg, ("ckpt_path", "out"), USAGE)
     validate_config(cfg)
     options.check(cfg, options.INDEX)
     from ranking_reg.inference.checkpoint import load_checkpoint
+    from ranking_reg.inference.embedder import resolve_device
     from ranking_reg.inference.faiss_backend import FAISS_KINDS, import_faiss
     from ranking_reg.inference.gallery import check_target
     from ranking_reg.inference.splits import embed_split, split_dataset
@@ -46,6 +51,7 @@ def build_index(cfg: DictConfig, overrides: list[str] | None = None):
     kind = str(cfg.index.kind)
     if kind in FAISS_KINDS:
         import_faiss(kind)  # before minutes of embedding
+    device = resolve_device(cfg.device)
     loaded = load_checkpoint(cfg.ckpt_path)
     dataset = split_dataset(cfg, loaded.run_config, overrides or [], str(cfg.split))
     params = OmegaConf.to_container(cfg.index, resolve=True)
@@ -57,7 +63,7 @@ def build_index(cfg: DictConfig, overrides: list[str] | None = None):
         params=params,
         meta={"split": str(cfg.split), "dataset": _dataset_name(cfg, loaded.run_config)},
         batch_size=cfg.batch_size,
-        device=cfg.device,
+        device=device,
         bf16=cfg.bf16,
         num_workers=cfg.num_workers,
         progress=cfg.progress,

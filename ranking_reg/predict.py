@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -36,6 +36,10 @@ from ranking_reg.utils.errors import ConfigError, DataError, report_user_errors
 from ranking_reg.utils.hydra_utils import task_overrides
 from ranking_reg.utils.paths import CONFIG_DIR
 
+if TYPE_CHECKING:  # torch is imported after the options are checked
+    from ranking_reg.inference.checkpoint import LoadedCheckpoint
+    from ranking_reg.inference.gallery import GalleryIndex
+
 USAGE = (
     "python -m ranking_reg.predict ckpt_path=<run dir>/checkpoints/last.ckpt inputs=<image,"
     " folder or list file> [out=DIR] [gallery=train|test|none|<gallery index folder>]"
@@ -45,6 +49,9 @@ KEYWORDS = ("train", "test", "none")
 
 @dataclass
 class Predictions:
+    """What predict wrote: the jsonl rows (every input), the embeddings and paths (the
+    readable inputs, in input order) and the output folder."""
+
     rows: list[dict[str, Any]]
     embeddings: np.ndarray
     paths: list[str]
@@ -76,7 +83,9 @@ def check_options(cfg: DictConfig) -> None:
         )
 
 
-def open_gallery(cfg: DictConfig, loaded: Any, overrides: list[str], **embed_options: Any):
+def open_gallery(
+    cfg: DictConfig, loaded: LoadedCheckpoint, overrides: list[str], **embed_options: Any
+) -> GalleryIndex | None:
     """The GalleryIndex of ``cfg.gallery`` for checkpoint ``loaded`` (None for ``none``)."""
     from ranking_reg.inference.gallery import GalleryIndex
     from ranking_reg.inference.splits import embed_split, split_dataset
@@ -108,10 +117,11 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Predictions:
     from ranking_reg.inference.records import prediction_rows, write_predictions
 
     paths = gather_inputs(str(cfg.inputs))
+    device = resolve_device(cfg.device)
     loaded = load_checkpoint(cfg.ckpt_path)
     embed_options = {
         "batch_size": cfg.batch_size,
-        "device": resolve_device(cfg.device),
+        "device": device,
         "bf16": cfg.bf16,
         "num_workers": cfg.num_workers,
         "progress": cfg.progress,

@@ -319,13 +319,15 @@ def test_index_quick_rows_recall_against_exact():
 
     rows = bench_index.run(quick=True)
     assert [r["kind"] for r in rows] == ["exact", "flat", "ivf", "hnsw"]
-    assert all(r["bench"] == "index" and r["N"] == 2000 and r["queries"] == 100 for r in rows)
+    assert all(r["bench"] == "index" and r["data"] == "clustered" for r in rows)
+    assert all(r["N"] == 2000 and r["dim"] == 32 and r["queries"] == 100 for r in rows)
     assert rows[0]["recall@10"] == rows[1]["recall@10"] == 1.0  # flat is exact too
     assert all(0.9 <= r["recall@10"] <= 1.0 for r in rows[2:])
     assert all(_positive_finite(r["qps"]) and _positive_finite(r["speedup"]) for r in rows)
     assert rows[0]["speedup"] == 1.0 and rows[2]["params"] == {"nlist": 51, "nprobe": 6}
     assert bench_index.recall_at([[1, 2, 3, 4]], [[4, 3, 9, 8]]) == 0.5
-    assert "| ivf | 2000 | 32 | 100 | nlist=51, nprobe=6 |" in bench_index.markdown_table(rows)
+    table = bench_index.markdown_table(rows)
+    assert "| clustered | ivf | 2000 | 32 | 100 | nlist=51, nprobe=6 |" in table
 
 
 def test_predict_quick_row_and_pipeline(tmp_path, monkeypatch):

@@ -89,10 +89,8 @@ def reference(ckpt):
 @pytest.fixture(scope="module")
 def predicted(ckpt, mixed_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("predicted")
-    # batches of 2: the bad file shares its batch with a readable image
-    cfg = predict_config(
-        ckpt, mixed_inputs, out, "gallery=test", "topk=3", "neighbors=4", "batch_size=2"
-    )
+    # one batch: the bad file shares it with the readable images
+    cfg = predict_config(ckpt, mixed_inputs, out, "gallery=test", "topk=3", "neighbors=4")
     return predict(cfg, ["gallery=test"]), out
 
 
@@ -197,6 +195,7 @@ def test_inputs_from_an_image_a_list_and_a_csv(mixed_inputs, tmp_path):
         ("foreign checkpoint", ConfigError, "not a ranking_reg checkpoint"),
         ("missing inputs", ConfigError, "inputs is required"),
         ("missing gallery", ConfigError, "gallery index folder"),
+        ("inputs not found", ConfigError, "does not exist"),
     ],
 )
 def test_bad_inputs_are_one_paragraph(case, error, words, ckpt, mixed_inputs, tmp_path):
@@ -220,6 +219,8 @@ def test_bad_inputs_are_one_paragraph(case, error, words, ckpt, mixed_inputs, tm
         torch.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint)
     elif case == "missing gallery":
         extra = [f"gallery={tmp_path / 'no_index'}"]
+    elif case == "inputs not found":
+        inputs = tmp_path / "nowhere"
     named = {
         "missing inputs": "python -m ranking_reg.predict",
         "missing gallery": str(tmp_path / "no_index"),
@@ -231,6 +232,23 @@ def test_bad_inputs_are_one_paragraph(case, error, words, ckpt, mixed_inputs, tm
         predict(cfg)
     assert named in str(raised.value)
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_export_split_arguments():
+    from ranking_reg.data.export_split import folder_names, parse_args
+
+    assert parse_args(["data=csv", "data.root=/d", "split=train", "out=/o"]) == (
+        "train",
+        "/o",
+        ["data=csv", "data.root=/d"],
+    )
+    with pytest.raises(ConfigError, match="out is required"):
+        parse_args(["data=digits"])
+    with pytest.raises(ConfigError, match="split=val: expects train or test"):
+        parse_args(["split=val", "out=/o"])
+    with pytest.raises(ConfigError, match="unknown option topk"):
+        parse_args(["topk=3", "out=/o"])
+    assert folder_names(["F/A-18", "F_A-18", "", "b"]) == ["F_A-18", "F_A-18-1", "class2", "b"]
 
 
 def test_the_command_line_exits_2_with_one_paragraph(ckpt, tmp_path):

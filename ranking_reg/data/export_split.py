@@ -18,6 +18,7 @@ import csv
 import io
 import os
 import sys
+from typing import Any
 
 from ranking_reg.utils.errors import ConfigError, report_user_errors
 from ranking_reg.utils.io import atomic_writer, write_text_atomic
@@ -50,7 +51,7 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str]]:
     return split, out, overrides
 
 
-def split_base(overrides: list[str], split: str):
+def split_base(overrides: list[str], split: str) -> Any:
     """The untransformed ``split`` dataset of the data config ``overrides`` compose."""
     from hydra import compose, initialize_config_dir
 
@@ -73,7 +74,7 @@ def folder_names(classes: list[str]) -> list[str]:
     return names
 
 
-def export_split(dataset, out: str, split: str) -> str:
+def export_split(dataset: Any, out: str, split: str) -> str:
     """Write ``dataset``'s images and ``out/<split>.csv`` (module docstring); returns the csv."""
     classes = [str(c) for c in dataset.classes]
     folders = folder_names(classes)

@@ -8,7 +8,8 @@
   ``a/z.png`` before ``b.png``, and ``b/a.png`` before ``b.png`` (the folder ``b`` sorts before
   the file ``b.png``), i.e. a depth-first walk that visits each folder's entries, files and
   folders together, in sorted name order. Files with other extensions and hidden entries (a name
-  starting with ``.``) are skipped;
+  starting with ``.``) are skipped; symbolic links are followed, a folder reached twice (a link
+  cycle) is walked once;
 - a list file (any other file): ``*.csv`` is read in the format of the ``csv`` dataset parser
   (``path,label[,split]`` rows, an optional header, ``#`` comment lines; only ``path`` is used),
   any other file as one path per line (blank and ``#`` lines skipped). Relative paths are
@@ -45,8 +46,13 @@ def is_image_file(path: str) -> bool:
 def walk_images(folder: str) -> list[str]:
     """Image files under ``folder`` in sorted walk order (module docstring), joined to it."""
     found: list[str] = []
+    seen: set[str] = set()  # real paths of the folders visited: a symlink cycle ends here
 
     def visit(directory: str) -> None:
+        real = os.path.realpath(directory)
+        if real in seen:
+            return
+        seen.add(real)
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 if entry.name.startswith("."):

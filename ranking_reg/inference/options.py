@@ -14,18 +14,18 @@ from ranking_reg.inference.faiss_backend import KINDS
 from ranking_reg.utils.errors import ConfigError
 
 COMMON = [
-    ("batch_size", integer(1, note="images a forward pass")),
+    ("batch_size", integer(1, note="images per forward pass")),
     ("device", choice("auto", "cpu", "cuda", note="auto: CUDA when available")),
     ("bf16", boolean("bf16 autocast on CUDA")),
-    ("num_workers", integer(0, note="image-loading processes")),
+    ("num_workers", integer(0, note="image-loading processes; 0: in this process")),
     ("progress", boolean("a progress bar")),
 ]
 PREDICT = [
     ("inputs", string("an image, a folder or a list file")),
     ("out", string("an output folder")),
     ("gallery", string("train, test, none or a gallery index folder")),
-    ("topk", integer(1, note="classes a prediction")),
-    ("neighbors", integer(1, note="gallery neighbours a prediction")),
+    ("topk", integer(1, note="classes listed per image")),
+    ("neighbors", integer(1, note="gallery neighbours listed per image")),
     ("wandb_table.max_rows", integer(1, note="rows of the W&B predictions table")),
     ("wandb_table.thumb_size", integer(8, note="pixels, longer side of a thumbnail")),
     *COMMON,
@@ -35,8 +35,8 @@ INDEX = [
     ("split", choice("train", "test", note="the split the gallery holds")),
     ("index.kind", choice(*KINDS, note="exact: brute force; flat|ivf|hnsw: faiss")),
     ("index.nlist", integer(1, note="ivf cells", null="4 * sqrt(N)")),
-    ("index.nprobe", integer(1, note="ivf cells searched", null="nlist / 8")),
-    ("index.hnsw_m", integer(2, note="hnsw links a node")),
+    ("index.nprobe", integer(1, note="ivf cells searched per query", null="nlist / 8")),
+    ("index.hnsw_m", integer(2, note="hnsw links per node")),
     ("index.ef_search", integer(1, note="hnsw search breadth")),
     *COMMON,
 ]

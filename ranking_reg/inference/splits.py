@@ -27,7 +27,9 @@ from ranking_reg.utils.hydra_utils import build
 SPLITS = ("train", "test")
 
 
-def split_dataset(cfg: DictConfig, run_config: dict[str, Any], overrides: list[str], split: str):
+def split_dataset(
+    cfg: DictConfig, run_config: dict[str, Any], overrides: list[str], split: str
+) -> Any:
     """The untransformed ``split`` dataset (``samples``, ``targets``, ``classes``,
     ``load_image``) of the data ``cfg`` selects for a checkpoint trained with ``run_config``."""
     from ranking_reg.evaluate import data_config
