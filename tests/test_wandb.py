@@ -305,9 +305,14 @@ def test_logger_config_instantiates_a_named_tagged_offline_run(wandb_tmp):
     config = compose_train(wandb_tmp, overrides)
     assert set(config.logger) == {"csv", "wandb"}
     assert config.logger.wandb.entity is None and config.logger.wandb.offline is True
+    # the id of the W&B run goes into every checkpoint
+    assert config.callbacks.wandb_run_id._target_.endswith("wandb_logger.WandbRunIdCallback")
     logger = instantiate(config.logger.wandb)
     run = logger.experiment
     try:
+        # the offline fallback's logger; the run id is kept in the run folder
+        assert type(logger).__name__ == "ResilientWandbLogger" and not logger.fell_back_offline
+        assert (wandb_tmp / "run" / "wandb_run_id.txt").read_text() == f"{run.id}\n"
         assert run.name == "flowers102-resnet50-semihard-λ1-s2"
         assert run.group in (None, "")  # a single run
         assert sorted(run.tags) == sorted(run_tags(config))

@@ -1,7 +1,8 @@
 """Weights & Biases glue for ``logger=wandb``: run naming, sweep grouping, offline mode, finishing.
 
-``conf/logger/wandb.yaml`` configures Lightning's ``WandbLogger`` through OmegaConf resolvers
-registered here (``register_resolvers()``, called by ``train.py`` before Hydra composes):
+``conf/logger/wandb.yaml`` configures the logger (``wandb_logger.ResilientWandbLogger``, a
+Lightning ``WandbLogger``) through OmegaConf resolvers registered here (``register_resolvers()``,
+called by ``train.py`` before Hydra composes):
 
 - ``${rr_run_name:}``: ``<data>-<backbone>-<regularizer>-s<seed>``, e.g.
   ``flowers102-resnet50-semihard-λ1-s0`` (``run_name``);
@@ -11,7 +12,11 @@ registered here (``register_resolvers()``, called by ``train.py`` before Hydra c
   (``run_tags``);
 - ``${rr_wandb_offline:}``: offline unless an API key is configured (``wandb_offline``), so a
   run never prompts for a login; ``wandb sync <run dir>/wandb/offline-run-*`` uploads later;
-- ``${rr_config:}``: the resolved run config (all of it but the ``logger`` node itself).
+- ``${rr_config:}``: the resolved run config (all of it but the ``logger`` node itself);
+- ``${rr_resumed_checkpoint:}``: the checkpoint a training run resumes from, whose W&B run id
+  the logger reuses (``resumed_checkpoint``).
+
+The logger module adds the offline fallback, the bounded waits and the run id kept across resumes.
 
 In a multirun all jobs share one process, and ``WandbLogger`` reuses a live ``wandb.run``: every
 job must end with ``finish_wandb()`` (in a ``finally``), or all jobs log into the first run.
@@ -187,6 +192,19 @@ def wandb_offline() -> bool:
     return not has_api_key()
 
 
+def resumed_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint a training run resumes from (``ckpt_path``), or None.
+
+    Only ``task_name=train`` resumes: evaluate and predict also take a ``ckpt_path``, but they
+    are W&B runs of their own, not a continuation of the training run. ``ckpt_path=auto``
+    resumes in the same folder, where the logger finds the id in ``wandb_run_id.txt``.
+    """
+    if _select(cfg, "task_name") != "train":
+        return None
+    path = _select(cfg, "ckpt_path")
+    return None if path in (None, "", "auto") else str(path)
+
+
 def register_resolvers() -> None:
     """Register the ``rr_*`` resolvers of ``conf/logger/wandb.yaml`` (idempotent).
 
@@ -199,6 +217,7 @@ def register_resolvers() -> None:
         "rr_run_group": lambda: run_group(),
         "rr_wandb_offline": lambda: wandb_offline(),
         "rr_config": lambda *, _root_: resolved_config(_root_),
+        "rr_resumed_checkpoint": lambda *, _root_: resumed_checkpoint(_root_),
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
@@ -208,7 +227,10 @@ def finish_wandb(exit_code: int | None = None) -> None:
     """Finish the live W&B run, if any (call it in ``train.py``'s ``finally``).
 
     A non-zero ``exit_code`` marks the run failed. For an offline run, logs where it was saved
-    and the ``wandb sync`` command that uploads it. Does not import wandb when no run used it.
+    and the ``wandb sync`` command that uploads it. A run of ``ResilientWandbLogger`` waits at
+    most its ``finish_timeout`` for the last uploads (server gone mid-run): then this warns with
+    the ``wandb sync --include-online`` command that uploads the rest from the run's local
+    transaction log, and returns. Does not import wandb when no run used it.
     """
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None) if wandb is not None else None
@@ -216,6 +238,16 @@ def finish_wandb(exit_code: int | None = None) -> None:
         return
     offline = bool(getattr(run.settings, "_offline", False))
     sync_dir = getattr(run.settings, "sync_dir", None)
-    run.finish(exit_code=exit_code)
+    try:
+        run.finish(exit_code=exit_code)
+    except TimeoutError:  # finish_timeout_raises (set by ResilientWandbLogger)
+        log.warning(
+            "W&B could not upload the end of the run within finish_timeout=%gs; it is saved"
+            " in %s. Upload the rest later with: wandb sync --include-online %s",
+            run.settings.finish_timeout,
+            sync_dir,
+            sync_dir,
+        )
+        return
     if offline and sync_dir:
         log.info("W&B run saved offline in %s; upload it with: wandb sync %s", sync_dir, sync_dir)
