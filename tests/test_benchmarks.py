@@ -349,16 +349,16 @@ def test_predict_quick_row_and_pipeline(tmp_path, monkeypatch):
     assert len(rows) == 6 and all(len(r["classes"]) == len(r["neighbors"]) == 5 for r in rows)
     assert np.load(tmp_path / "embeddings.npy").shape == (6, 256)
 
-    # Known CPU times: the plain loop 0.5 s, the pipeline 0.55 s then 0.6 s.
+    # Known CPU times: the plain loop 0.5 s; predict's forward part 0.5 s then 0.52 s, the part
+    # after it 0.05 s then 0.06 s (after warm-ups of 9 s and 1 s that must not count).
     clock = FakeClock()
-    pipeline_times = iter([9.0, 0.55, 0.6])  # a warm-up first, not counted
+    embed_times, finish_times = iter([9.0, 0.5, 0.52]), iter([1.0, 0.05, 0.06])
     monkeypatch.setattr(bench_predict, "_clock", clock)
     monkeypatch.setattr(bench_predict, "plain_loop", lambda *a: clock.advance(0.5))
     monkeypatch.setattr(
-        bench_predict,
-        "predict_pipeline",
-        lambda *a: clock.advance(next(pipeline_times)) or embedded,
+        bench_predict, "embed_step", lambda *a: clock.advance(next(embed_times)) or embedded
     )
+    monkeypatch.setattr(bench_predict, "finish_step", lambda *a: clock.advance(next(finish_times)))
     (row,) = bench_predict.run(quick=True)
     assert (row["bench"], row["backbone"], row["images"], row["rounds"]) == (
         "predict",
@@ -366,9 +366,11 @@ def test_predict_quick_row_and_pipeline(tmp_path, monkeypatch):
         64,
         2,
     )
-    assert row["model_s"] == 0.5 and row["predict_s"] == pytest.approx(0.575)
-    assert row["ratio"] == pytest.approx(1.15) and row["overhead_pct"] == pytest.approx(15.0)
+    # rounds: 0.55 / 0.5 and 0.58 / 0.5 -> median ratio 1.13
+    assert row["model_s"] == 0.5 and row["predict_s"] == pytest.approx(0.565)
+    assert row["ratio"] == pytest.approx(1.13) and row["overhead_pct"] == pytest.approx(13.0)
+    assert row["finish_s"] == pytest.approx(0.055) and row["finish_pct"] == pytest.approx(11.0)
     assert row["model_ips"] == 128.0 and row["embedding_dim"] == 256
-    assert "| small_cnn | 32 | 64 | 16 | 1000 | 128.0 | 111.3 | +15.0 % |" in (
+    assert "| small_cnn | 32 | 64 | 16 | 1000 | 128.0 | 113.3 | +13.0 % | 11.0 % |" in (
         bench_predict.markdown_table([row])
     )
