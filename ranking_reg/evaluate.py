@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     knn = OmegaConf.select(cfg, "metrics.knn") or {}
     module.evaluator.configure_knn(knn.get("ks"), knn.get("fuse_alpha"), knn.get("fuse_grid"))
     trainer = build_trainer(cfg, checkpointing=False)
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # our table is printed below
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.is_global_zero:
         write_json_atomic(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics)

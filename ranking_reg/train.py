@@ -133,7 +133,7 @@ def _fit_and_test(cfg: DictConfig, extra_callbacks: list[Any] | None) -> dict[st
     if cfg.get("test", True):
         # best: the checkpoint kept by `monitor`; last: the final weights (in memory)
         ckpt = checkpoint_for_test(trainer, cfg.monitor) if test_ckpt == "best" else None
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )

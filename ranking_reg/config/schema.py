@@ -97,7 +97,7 @@ EMBEDDING_SOURCE = choice(
 SCHEMA: dict[str, Rule] = {
     # -- top level (train.yaml, eval.yaml)
     "seed": SEED,
-    "ckpt_path": string("a checkpoint path", null="start a new run"),
+    "ckpt_path": string("a checkpoint path or auto", null="start a new run"),
     "test": boolean("run the test split after fitting"),
     "monitor": string("a logged metric name such as val/acc"),
     "test_ckpt": choice("auto", "best", "last", note="which weights the test scores"),
@@ -241,6 +241,9 @@ SCHEMA: dict[str, Rule] = {
     "trainer.enable_checkpointing": boolean(),
     "trainer.accumulate_grad_batches": integer(1),
     "trainer.gradient_clip_val": number(0, null="no clipping"),
+    # -- W&B (logger=wandb): how long a run waits for the server before going offline / at the end
+    "logger.wandb.init_timeout": number(0, lo_open=True, note="seconds, then the run goes offline"),
+    "logger.wandb.finish_timeout": number(0, note="seconds; 0 = wait as long as it takes"),
 }
 
 _ABSENT = object()

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from ranking_reg.lightning.checkpoint_io import AtomicCheckpointIO
@@ -36,6 +37,10 @@ def build_trainer(
     """
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks") + list(extra_callbacks or [])
     loggers = instantiate_all(cfg.get("logger"), "logger")
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        from ranking_reg.integrations.wandb_logger import WandbRunIdCallback
+
+        callbacks.append(WandbRunIdCallback())  # the W&B run id in every checkpoint
     if not loggers:  # logger=none: Lightning refuses an lr monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not checkpointing:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ranking_reg.integrations.wandb_tables import log_wandb
 from ranking_reg.reporting.build import build_spec_table
+from ranking_reg.reporting.provenance_check import provenance_warnings
 from ranking_reg.reporting.render import render_markdown, write_tables
 from ranking_reg.reporting.runs import find_runs, run_dir_name
 from ranking_reg.reporting.table_spec import SCALES, TableSpec, load_spec
@@ -275,6 +276,12 @@ def reproduce(
     paths = write_tables(built, out)
     print(render_markdown(built))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    cells = {
+        f"{job.label} ({', '.join(job.tables)})": [job.run_dir(s) for s in job.seeds]
+        for job in jobs
+    }
+    for line in provenance_warnings(cells):  # never changes the exit status
+        print(f"reproduce: warning: {line}", file=sys.stderr)
     if wandb:
         print(f"logged to W&B: {log_wandb(built, name=f'tables-{scale}')}")
     missing = [m for table in built for m in table.missing]
