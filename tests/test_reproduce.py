@@ -145,7 +145,24 @@ def test_runs_missing_then_resumes_only_failed(project: Path, monkeypatch, capsy
 
     assert run(project) == 0  # everything finished: nothing runs
     assert len(calls(project)) == len(first) + len(second)
-    assert "0 to run" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0 to run" in captured.out
+    assert "6 run(s) have no provenance.json" in captured.err  # the stand-in records none
+
+    # the two seeds of every cell trained on different data: each cell is named, status unchanged
+    for seed, fingerprint in ((0, "a" * 64), (1, "b" * 64)):
+        for run_dir in (out / "runs").glob(f"*/seed{seed}"):
+            record = {"data_fingerprint": fingerprint, "git_commit": "c0ffee", "git_dirty": False}
+            (run_dir / "provenance.json").write_text(json.dumps(record))
+    assert run(project) == 0
+    warnings = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if "differ in data_fingerprint" in line
+    ]
+    assert len(warnings) == 3 and all(
+        line.startswith("reproduce: warning: cell ") for line in warnings
+    )
 
 
 def test_dry_run_and_unknown_table(project: Path, capsys) -> None:
