@@ -95,6 +95,23 @@ def test_failed_run_leaves_status_failed(tmp_path):
     assert record["seconds_per_train_step"] is None and record["timed_train_steps"] == 0
     assert record["data_fingerprint"] and record["config_hash"]
 
+    # the same run again in its folder (ckpt_path=auto after a crash): the failed attempt is kept
+    with pytest.raises(RuntimeError, match="boom"):
+        run(
+            compose_config(
+                [*TINY, "logger=none", "test=false", "ckpt_path=auto"], output_dir=tmp_path
+            ),
+            [_Boom()],
+        )
+    again = json.loads((tmp_path / "provenance.json").read_text())
+    assert [a["status"] for a in again["previous_attempts"]] == ["failed"]
+    earlier = again["previous_attempts"][0]
+    assert (
+        earlier["started_at"] == record["started_at"]
+        and earlier["data_fingerprint"] == record["data_fingerprint"]
+    )
+    assert again["started_at"] >= record["finished_at"]
+
 
 # -- config hash ----------------------------------------------------------------------------------
 

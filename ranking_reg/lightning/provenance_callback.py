@@ -11,6 +11,9 @@ Written whole (:func:`~ranking_reg.utils.io.write_json_atomic`) by global rank 0
 - on an exception in fit or test (Ctrl-C included), ``status: failed``, ``finished_at`` and
   ``error``.
 
+A run continued in its folder (``ckpt_path=auto``, a requeued job) starts a new record and keeps
+the earlier ones' code, config and data hashes, times and status in ``previous_attempts``.
+
 ``seconds_per_train_step``: the mean wall time between the ends of two consecutive optimizer
 steps of one training epoch (data loading, forward, backward, optimizer, the callbacks' batch
 hooks). Left out: the first ``warmup_steps`` optimizer steps of the process (lazy
@@ -28,6 +31,7 @@ with the reason under ``unavailable``; nothing here fails a run (see
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -137,9 +141,27 @@ class ProvenanceWriter(pl.Callback):
         self._write(trainer)
 
     # -- hooks ------------------------------------------------------------------------------------
+    def _earlier_attempts(self) -> list[dict[str, Any]]:
+        """The attempts recorded in this folder before (a run continued with ckpt_path=auto or a
+        requeued job): each one's code, data, times and status, oldest first."""
+        try:
+            with open(self.path, encoding="utf-8") as stream:
+                earlier = json.load(stream)
+        except (OSError, ValueError):
+            return []
+        if not isinstance(earlier, dict):
+            return []
+        kept = ("git_commit", "git_dirty", "config_hash", "data_fingerprint", "started_at")
+        attempt = {key: earlier.get(key) for key in kept}
+        attempt.update(finished_at=earlier.get("finished_at"), status=earlier.get("status"))
+        return [*earlier.get("previous_attempts", []), attempt]
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
+            previous = self._earlier_attempts()
             self.record = self._safe_collect(trainer, pl_module)
+            if previous:
+                self.record["previous_attempts"] = previous
             self._write(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
