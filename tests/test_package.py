@@ -79,10 +79,12 @@ def test_the_wheel_carries_the_configs_specs_and_console_scripts(tmp_path):
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = archive.read(entry_points).decode()
-    for config in ("train.yaml", "eval.yaml", "model/two_head.yaml", "debug/fast.yaml"):
+    configs = ("train.yaml", "eval.yaml", "predict.yaml", "index.yaml", "export.yaml")
+    for config in (*configs, "model/two_head.yaml", "debug/fast.yaml"):
         assert f"ranking_reg/conf/{config}" in names, config
     for spec in ("classification", "retrieval", "imbalanced", "lambda_ablation"):
         assert f"ranking_reg/reporting/specs/{spec}.yaml" in names, spec
-    for script in ("rr-train", "rr-evaluate", "rr-reproduce", "rr-tables"):
+    entry = ("rr-train", "rr-evaluate", "rr-reproduce", "rr-tables", "rr-predict", "rr-index")
+    for script in (*entry, "rr-export"):
         assert f"{script} = ranking_reg." in scripts, script
     assert not [n for n in names if n.startswith(("tests/", "experiments/"))]
