@@ -147,6 +147,12 @@ def check_targets(benches: dict[str, dict]) -> list[dict]:
             f"{row['ratio']:.1f}x, R@1/MAP@R {'equal' if equal else 'DIFFER'}",
             row["ratio"] >= 2.0 and equal,
         )
+    for row in benches.get("predict", {}).get("rows", []):
+        add(
+            f"predict extras <= 10 % over model(images) ({row['backbone']}, gallery {row['gallery']})",
+            f"{row['overhead_pct']:+.1f} %",
+            row["overhead_pct"] <= 10.0,
+        )
     return targets
 
 
