@@ -12,7 +12,10 @@ top of a plain loader:
   ``Image.draft``) when the image is much larger than the network input, keeping the region that
   is used (box or whole image) at least ``decode_size`` pixels on its shorter side;
 - ``skip_corrupt``: a corrupt or truncated file either raises :class:`DataError` naming it, or is
-  reported once and replaced by the next readable sample.
+  reported once and replaced by the next readable sample;
+- ``cache``: source path -> a prepared, already cropped and downscaled copy
+  (:mod:`ranking_reg.data.image_cache`, ``data.cache_size``) that is read instead of the source;
+  ``samples`` keep the source paths.
 
 torchvision's datasets have none of these hooks (their loader sees only a path), hence our own.
 """
@@ -87,6 +90,7 @@ class ImageListDataset(Dataset):
         crop_bottom: int = 0,
         skip_corrupt: bool = False,
         decode_size: int | None = None,
+        cache: dict[str, str] | None = None,
     ) -> None:
         self.samples: list[tuple[str, int]] = [(str(p), int(y)) for p, y in samples]
         self.classes: list[str] = list(classes)
@@ -97,6 +101,7 @@ class ImageListDataset(Dataset):
         self.crop_bottom = int(crop_bottom)
         self.skip_corrupt = bool(skip_corrupt)
         self.decode_size = int(decode_size) if decode_size else None
+        self.cache = cache
         self._reported: set[str] = set()
         bad = [y for y in self.targets if not 0 <= y < len(self.classes)]
         if bad:
@@ -114,7 +119,23 @@ class ImageListDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index`` with the box/banner crops applied, untransformed."""
+        """The RGB image of sample ``index`` with the box/banner crops applied, untransformed
+        (its cached copy when there is one; a cached file that cannot be read is reported once
+        and the source is read instead)."""
+        cached = self.cache.get(self.samples[index][0]) if self.cache else None
+        if cached is not None:
+            try:
+                return _open_region(cached, None, 0, self.decode_size)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                if cached not in self._reported:
+                    self._reported.add(cached)
+                    message = f"cached image {cached} is unreadable ({error}); reading the source"
+                    log.warning(message)
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return self.load_source(index)
+
+    def load_source(self, index: int) -> Image.Image:
+        """:meth:`load_image` from the source file, ignoring the cache."""
         path = self.samples[index][0]
         box = self.boxes.get(path) if self.boxes else None
         try:
@@ -170,11 +191,13 @@ class ImageListDataset(Dataset):
             crop_bottom=self.crop_bottom,
             skip_corrupt=self.skip_corrupt,
             decode_size=self.decode_size,
+            cache=self.cache,
         )
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes"
             f"{', boxes' if self.boxes else ''}"
-            f"{f', crop_bottom={self.crop_bottom}' if self.crop_bottom else ''})"
+            f"{f', crop_bottom={self.crop_bottom}' if self.crop_bottom else ''}"
+            f"{', cached' if self.cache else ''})"
         )

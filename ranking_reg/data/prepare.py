@@ -8,6 +8,12 @@ Nothing is written half: a download goes to ``<file>.part`` and is renamed once 
 holds; archives are unpacked into a hidden staging folder under ``--root`` that is renamed into
 place at the end. torchvision's ``download_url`` writes straight to the final name and raises a
 bare RuntimeError on a checksum mismatch, hence this module's own small downloader.
+
+``--cache-size S`` also writes the prepared image cache of both splits ahead of training
+(:mod:`ranking_reg.data.image_cache`, ``data.cache_size=S``); it works for every image dataset,
+``folder`` and ``csv`` included (nothing to download there). Dataset options that change the
+cached pixels (``use_bbox``, ``crop_banner``) must match the training run's: ``--option
+use_bbox=true``.
 """
 
 from __future__ import annotations
@@ -303,6 +309,58 @@ def prepare(
     return target
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with YAML-like values (true/false/null, numbers, else a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expects KEY=VALUE, e.g. use_bbox=true")
+    words = {"true": True, "false": False, "null": None}
+    if value.lower() in words:
+        return key, words[value.lower()]
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def prepare_cache(
+    name: str,
+    root: str,
+    cache_size: int,
+    cache_dir: str | None = None,
+    options: dict | None = None,
+    progress: bool = True,
+) -> list:
+    """Write the image cache of both splits of ``name`` (``data.cache_size=cache_size``).
+
+    Returns one :class:`~ranking_reg.data.image_cache.CacheReport` per split. ``cache_dir``
+    None is the training default (``<root>/.rr_cache/<name>-<size>``).
+    """
+    from ranking_reg.data.image_cache import check_cache_size
+    from ranking_reg.data.registry import build_dataset
+
+    size = check_cache_size(cache_size)
+    reports = []
+    for split in ("train", "test"):
+        dataset = build_dataset(
+            name,
+            root,
+            split,
+            cache_size=size,
+            cache_dir=cache_dir,
+            progress=progress,
+            **(options or {}),
+        )
+        reports.append(dataset.cache_report)
+        print(
+            f"{name} {split}: {len(dataset.cache)} of {len(dataset)} images cached at {size}px "
+            f"in {dataset.cache_report.cache_dir} ({dataset.cache_report.written} written)"
+        )
+    return reports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ranking_reg.data.prepare",
@@ -316,12 +374,38 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the downloaded archives in ROOT/.downloads",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        metavar="S",
+        help="also write the image cache (data.cache_size=S: shorter side in pixels) of both "
+        "splits; any image dataset, folder and csv included",
+    )
+    parser.add_argument("--cache-dir", help="data.cache_dir (default ROOT/.rr_cache/NAME-S)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option of the run the cache is for (use_bbox=true, list_file=...)",
+    )
     args = parser.parse_args(argv)
     names = list(RECIPES) if args.names == ["all"] else args.names
     failed = []
     for name in names:
         try:
-            prepare(name, args.root, args.keep_archives, progress=not args.no_progress)
+            if args.cache_size is None or name in RECIPES:
+                prepare(name, args.root, args.keep_archives, progress=not args.no_progress)
+            if args.cache_size is not None:
+                prepare_cache(
+                    name,
+                    args.root,
+                    args.cache_size,
+                    args.cache_dir,
+                    dict(args.option),
+                    progress=not args.no_progress,
+                )
         except UserError as error:
             if len(names) == 1:
                 if name in RECIPES and not RECIPES[name].resources:

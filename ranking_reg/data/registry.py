@@ -6,6 +6,10 @@ every dataset, including ones a user registers (``register_dataset("mine", fn)``
 
 Every built-in dataset is one row of ``_BUILTIN`` (name -> "module:function"), imported on first
 use; nothing registers itself on import.
+
+``cache_size``/``cache_dir`` (the prepared image cache, :mod:`ranking_reg.data.image_cache`) are
+handled here once for every dataset of image files, built-in or registered: the builder returns
+its :class:`ImageListDataset` and this module caches it, so no parser knows about the cache.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def build_dataset(
     root: str | os.PathLike | None,
     split: str,
     transform: Callable | None = None,
+    *,
+    cache_workers: int | None = None,
+    progress: bool = True,
     **options,
 ) -> Any:
     """The ``split`` ("train": the paper's training split, or "test") of dataset ``name``.
@@ -86,9 +93,55 @@ def build_dataset(
     ``skip_corrupt``, ``decode_size``, ``list_file``, ...); an option the dataset does not take
     raises ConfigError naming it. ``root=None`` is for datasets that read no files (digits);
     the others raise ConfigError naming ``data.root``.
+
+    ``cache_size=S`` (any dataset of image files) reads every image from a copy cropped and
+    downscaled to a shorter side of S pixels, written on first use into ``cache_dir`` (default
+    ``<root>/.rr_cache/<name>-<S>``) by ``cache_workers`` threads (default: all usable cores)
+    with a progress bar unless ``progress=False``.
     """
     if split not in ("train", "test"):  # checked here once for every builder
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
+    from ranking_reg.data.image_cache import check_cache_size
+
+    cache_size = check_cache_size(options.pop("cache_size", None))
+    cache_dir = options.pop("cache_dir", None)
+    dataset = _build(name, root, split, transform, options)
+    if cache_size is None:
+        return dataset
+    return _cached(dataset, name, root, split, cache_size, cache_dir, cache_workers, progress)
+
+
+def _cached(
+    dataset: Any,
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    size: int,
+    cache_dir: str | os.PathLike | None,
+    workers: int | None,
+    progress: bool,
+) -> Any:
+    from ranking_reg.data.image_cache import build_cache, default_cache_dir
+    from ranking_reg.data.image_list import ImageListDataset
+
+    if not isinstance(dataset, ImageListDataset):
+        raise ConfigError(
+            f"data.cache_size={size}: data={name} does not read image files (its images are "
+            f"held in memory{', e.g. 8x8 digit arrays' if name == 'digits' else ''}), so there "
+            "is nothing to cache; set data.cache_size=null."
+        )
+    folder = cache_dir if cache_dir else default_cache_dir(root, name, size)
+    build_cache(dataset, size, os.fspath(folder), workers, progress, f"{name} {split}")
+    return dataset
+
+
+def _build(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    transform: Callable | None,
+    options: dict[str, Any],
+) -> Any:
     builder = get_builder(name)
     accepted = accepted_options(name)
     if accepted is not None:
