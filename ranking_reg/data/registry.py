@@ -38,6 +38,7 @@ _BUILTIN = {
     "csv": "ranking_reg.data.parsers.csv_list:build",
 }
 _FIXED = ("root", "split", "transform")
+CACHE_OPTIONS = ("cache_size", "cache_dir")  # the image cache: every dataset of image files
 
 
 def register_dataset(name: str, fn: Builder) -> None:
@@ -63,11 +64,18 @@ def get_builder(name: str) -> Builder:
 
 
 def accepted_options(name: str) -> list[str] | None:
-    """The option names dataset ``name`` accepts (None: the builder takes any ``**kwargs``)."""
-    params = inspect.signature(get_builder(name)).parameters.values()
+    """The option names dataset ``name`` accepts (None: the builder takes any ``**kwargs``):
+    its builder's keyword parameters, plus ``cache_size``/``cache_dir`` when the builder is
+    declared to return an ``ImageListDataset`` (every built-in image dataset). The cache options
+    are handled by :func:`build_dataset`, so they work with any builder that returns one."""
+    signature = inspect.signature(get_builder(name))
+    params = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name not in _FIXED and p.kind is not p.VAR_POSITIONAL]
+    own = [p.name for p in params if p.name not in _FIXED and p.kind is not p.VAR_POSITIONAL]
+    returns = signature.return_annotation
+    images = getattr(returns, "__name__", returns) == "ImageListDataset"
+    return own + [o for o in CACHE_OPTIONS if o not in own] if images else own
 
 
 def needs_root(name: str) -> bool:
@@ -105,6 +113,8 @@ def build_dataset(
 
     cache_size = check_cache_size(options.pop("cache_size", None))
     cache_dir = options.pop("cache_dir", None)
+    if cache_size is not None and not needs_root(name):
+        _refuse_cache(name, cache_size)
     dataset = _build(name, root, split, transform, options)
     if cache_size is None:
         return dataset
@@ -125,14 +135,18 @@ def _cached(
     from ranking_reg.data.image_list import ImageListDataset
 
     if not isinstance(dataset, ImageListDataset):
-        raise ConfigError(
-            f"data.cache_size={size}: data={name} does not read image files (its images are "
-            f"held in memory{', e.g. 8x8 digit arrays' if name == 'digits' else ''}), so there "
-            "is nothing to cache; set data.cache_size=null."
-        )
+        _refuse_cache(name, size)
     folder = cache_dir if cache_dir else default_cache_dir(root, name, size)
     build_cache(dataset, size, os.fspath(folder), workers, progress, f"{name} {split}")
     return dataset
+
+
+def _refuse_cache(name: str, size: int) -> None:
+    raise ConfigError(
+        f"data.cache_size={size}: data={name} does not read image files (its images are held "
+        f"in memory{', 8x8 digit arrays' if name == 'digits' else ''}), so there is nothing to "
+        "cache; set data.cache_size=null."
+    )
 
 
 def _build(
