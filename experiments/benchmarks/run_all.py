@@ -7,7 +7,9 @@ Benches (each module has ``run(quick) -> list[dict]`` and ``markdown_table(rows)
 - ``eval``: ``retrieval_metrics`` vs PML's AccuracyCalculator on 24,633 x 256 (bench_eval);
 - ``mining``: our triplet losses vs PML's miners + TripletMarginLoss (bench_mining);
 - ``predict``: predict's pipeline vs a plain ``model(images)`` loop, same batches (bench_predict);
-- ``index``: gallery search, exact vs faiss flat/ivf/hnsw, recall@10 and queries/s (bench_index).
+- ``index``: gallery search, exact vs faiss flat/ivf/hnsw, recall@10 and queries/s (bench_index);
+- ``uint8``: one worker's images/s, uint8 output (``data.normalize_on_device``) vs float32
+  (bench_uint8).
 
 Every figure is a ratio against a baseline timed in the same run; no absolute time is a pass or
 a fail. The issue's targets for a 2-core CPU are checked and reported (``targets``), not enforced.
@@ -44,6 +46,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "mining": ("bench_mining", "Mining (our triplet losses vs PML miners)"),
     "predict": ("bench_predict", "Predict overhead (predict pipeline vs plain model(images), CPU)"),
     "index": ("bench_index", "Gallery search (exact vs faiss flat/ivf/hnsw: recall@10, queries/s)"),
+    "uint8": ("bench_uint8", "Worker output uint8 vs float32 (data.normalize_on_device)"),
 }
 PACKAGE = "experiments.benchmarks"
 
