@@ -114,7 +114,10 @@ def test_hydra_finds_the_launcher_and_the_wheel_ships_its_plugin_package() -> No
 
 
 def pinned_task(cfg) -> int:
-    """Records the device and the time span of its job; two at once must overlap."""
+    """Records the device and the time span of its job; two at once must overlap. seed=-1: the
+    job's process dies at once (as when killed for memory)."""
+    if cfg.seed == -1:
+        os._exit(9)
     started = time.time()
     time.sleep(0.5)
     record = {
@@ -152,20 +155,26 @@ def test_devices_auto_without_a_gpu_is_an_error_naming_the_option(
     assert "hydra.launcher.devices=auto found no GPU" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # two spawned job processes (~1-3 s)
-def test_a_sweep_runs_one_job_per_device_at_once(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.slow  # three spawned job processes at once (~1.5-3 s)
+def test_a_sweep_runs_one_job_per_device_at_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Three jobs on three devices run at once, each on its own; job 2's process dies: the sweep
+    fails with that job named, and the others have run to their end."""
     sweep = tmp_path / "sweep"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # the parent's value: no job inherits it
-    overrides = ["hydra.launcher.devices=[0,1]", "seed=3,4", f"hydra.sweep.dir={sweep}"]
-    run_sweep(monkeypatch, tmp_path, overrides)
+    overrides = ["hydra.launcher.devices=[0,1,2]", "seed=3,4,-1", f"hydra.sweep.dir={sweep}"]
+    with pytest.raises(SystemExit):
+        run_sweep(monkeypatch, tmp_path, overrides)
+    assert "JobProcessDied: job 2 (seed=-1) on CUDA_VISIBLE_DEVICES=" in capsys.readouterr().err
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     jobs = [json.loads((sweep / str(n) / "job.json").read_text()) for n in (0, 1)]
     assert [j["seed"] for j in jobs] == [3, 4]
-    assert sorted(j["device"] for j in jobs) == ["0", "1"]  # each job its own GPU
     assert len({j["pid"] for j in jobs} | {os.getpid()}) == 3  # each in its own process
     (a0, a1), (b0, b1) = (j["span"] for j in jobs)
     assert a0 < b1 and b0 < a1  # they ran at the same time
-    for n, job in enumerate(jobs):
+    pinned = []  # each job's device, as its .hydra/hydra.yaml records it (job 2's too)
+    for n in (0, 1, 2):
         hydra_yaml = yaml.safe_load((sweep / str(n) / ".hydra" / "hydra.yaml").read_text())
-        assert hydra_yaml["hydra"]["job"]["env_set"]["CUDA_VISIBLE_DEVICES"] == job["device"]
         assert hydra_yaml["hydra"]["launcher"]["_target_"] == TARGET
+        pinned.append(hydra_yaml["hydra"]["job"]["env_set"]["CUDA_VISIBLE_DEVICES"])
+    assert [j["device"] for j in jobs] == pinned[:2]  # what each job's process saw
+    assert sorted(pinned) == ["0", "1", "2"]  # each job its own GPU
