@@ -4,6 +4,8 @@ Benches (each module has ``run(quick) -> list[dict]`` and ``markdown_table(rows)
 
 - ``two_head``: train-step time, two-head + semi-hard triplet vs softmax only (bench_two_head);
 - ``input``: images/s of one loader worker, ours vs torchvision's ImageFolder (bench_input);
+- ``cache``: the prepared image cache: cold build images/s, warm one-worker images/s vs
+  ImageFolder on the originals (bench_cache);
 - ``eval``: ``retrieval_metrics`` vs PML's AccuracyCalculator on 24,633 x 256 (bench_eval);
 - ``mining``: our triplet losses vs PML's miners + TripletMarginLoss (bench_mining);
 - ``predict``: predict's pipeline vs a plain ``model(images)`` loop, same batches (bench_predict);
@@ -42,6 +44,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "Two-head overhead (train step, two-head + semi-hard vs softmax)",
     ),
     "input": ("bench_input", "Input pipeline (one worker, ours vs torchvision ImageFolder)"),
+    "cache": (
+        "bench_cache",
+        "Image cache (data.cache_size: cold build; warm one worker vs torchvision ImageFolder)",
+    ),
     "eval": ("bench_eval", "Evaluation (retrieval_metrics vs PML AccuracyCalculator)"),
     "mining": ("bench_mining", "Mining (our triplet losses vs PML miners)"),
     "predict": ("bench_predict", "Predict overhead (predict pipeline vs plain model(images), CPU)"),
@@ -101,7 +107,7 @@ def _run_bench(name: str, quick: bool, out: Path) -> tuple[dict, str]:
         if error.name != f"{PACKAGE}.{module_name}":
             raise
         return {"status": "pending", "rows": []}, section + "pending (module not written yet)\n"
-    kwargs = {"cache_dir": out / "cache"} if name == "input" else {}
+    kwargs = {"cache_dir": out / "cache"} if name in ("input", "cache") else {}
     start = time.perf_counter()
     try:
         rows = module.run(quick=quick, **kwargs)
@@ -141,6 +147,13 @@ def check_targets(benches: dict[str, dict]) -> list[dict]:
                 f"input pipeline >= 2x torchvision ({row['variant']}, 1000x750)",
                 f"{row['ratio']:.2f}x",
                 row["ratio"] >= 2.0,
+            )
+    for row in benches.get("cache", {}).get("rows", []):
+        if row.get("cache_size") == 256:
+            add(
+                f"image cache >= 4x torchvision ({row['variant']}, warm, one worker)",
+                f"{row['ratio']:.2f}x",
+                row["ratio"] >= 4.0,
             )
     for row in benches.get("eval", {}).get("rows", []):
         pairs = [(row.get(f"ours_{m}"), row.get(f"pml_{m}")) for m in ("recall@1", "map@r")]

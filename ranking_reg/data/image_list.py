@@ -134,12 +134,14 @@ class ImageListDataset(Dataset):
                     warnings.warn(message, RuntimeWarning, stacklevel=2)
         return self.load_source(index)
 
-    def load_source(self, index: int) -> Image.Image:
-        """:meth:`load_image` from the source file, ignoring the cache."""
+    def load_source(self, index: int, decode_size: int | None = None) -> Image.Image:
+        """:meth:`load_image` from the source file, ignoring the cache; ``decode_size`` replaces
+        the dataset's own (the cache decodes at its ``cache_size``)."""
         path = self.samples[index][0]
         box = self.boxes.get(path) if self.boxes else None
+        decode_size = decode_size if decode_size is not None else self.decode_size
         try:
-            return _open_region(path, box, self.crop_bottom, self.decode_size)
+            return _open_region(path, box, self.crop_bottom, decode_size)
         except FileNotFoundError as error:
             raise DataError(
                 f"image file {path} does not exist (it was listed when the dataset was built); "
