@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.miners import BaseMiner
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ranking_reg.utils.errors import ConfigError
 
@@ -104,11 +105,82 @@ def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
         return dist.fill_diagonal_(0.0)
 
 
-def _selected_squared_distances(embeddings: Tensor, i: Tensor, j: Tensor) -> Tensor:
-    """``||x_i - x_j||²`` for index vectors i, j, recomputed directly (the graph for backward)."""
+class _TripletGap(torch.autograd.Function):
+    """``d(a, p) - d(a, n)`` per triplet, squared Euclidean, with a hand-written backward.
+
+    Autograd of ``x[i]`` scatters its gradient with ``index_put_(accumulate=True)``, which on
+    CPU cost more than the whole mining at B = 1024; here the gradient is three ``index_add_``
+    of (triplets × D) rows: ∂/∂x_a = 2g(x_n - x_p), ∂/∂x_p = -2g(x_a - x_p),
+    ∂/∂x_n = 2g(x_a - x_n). Once differentiable (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
+        x_a = x.index_select(0, anchor)
+        to_pos = x_a - x.index_select(0, pos)
+        to_neg = x_a.sub_(x.index_select(0, neg))
+        ctx.save_for_backward(anchor, pos, neg, to_pos, to_neg)
+        ctx.batch = x.shape[0]
+        return (to_pos * to_pos).sum(dim=1) - (to_neg * to_neg).sum(dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        anchor, pos, neg, to_pos, to_neg = ctx.saved_tensors
+        scale = (2.0 * grad)[:, None]
+        g_pos, g_neg = to_pos * scale, to_neg * scale
+        out = g_pos.new_zeros(ctx.batch, g_pos.shape[1])
+        out.index_add_(0, anchor, g_pos - g_neg)
+        out.index_add_(0, pos, g_pos, alpha=-1)
+        out.index_add_(0, neg, g_neg)
+        return out, None, None, None
+
+
+def _triplet_gap(embeddings: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """``d(a, p) - d(a, n)`` for the selected triplets, differentiable w.r.t. the embeddings."""
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        x = embeddings.to(_distance_dtype(embeddings))
-        return (x[i] - x[j]).pow(2).sum(dim=1)
+        return _TripletGap.apply(embeddings.to(_distance_dtype(embeddings)), anchor, pos, neg)
+
+
+def _positive_pairs(labels: Tensor) -> tuple[Tensor, Tensor, int]:
+    """All ordered pairs (a, p), a ≠ p, y_a = y_p, in row-major order, and the number of classes.
+
+    Built from the labels in O(B log B + pairs), without a B×B same-label mask: one stable sort
+    lists every class's members in index order; anchor a is repeated once per member of its
+    class and paired with them in turn, then the pair (a, a) is dropped.
+    """
+    batch = labels.numel()
+    order = torch.argsort(labels, stable=True)
+    _, class_sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    class_start = torch.cumsum(class_sizes, dim=0) - class_sizes
+    class_of = torch.empty_like(order)
+    class_of[order] = torch.repeat_interleave(
+        torch.arange(class_sizes.numel(), device=labels.device), class_sizes
+    )
+    own_size = class_sizes[class_of]
+    anchor = torch.repeat_interleave(torch.arange(batch, device=labels.device), own_size)
+    first = torch.cumsum(own_size, dim=0) - own_size
+    member = torch.arange(anchor.numel(), device=labels.device) - first[anchor]
+    pos = order[class_start[class_of[anchor]] + member]
+    keep = pos != anchor
+    return anchor[keep], pos[keep], class_sizes.numel()
+
+
+def _mining_distances(embeddings: Tensor, anchor: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """The B×B matrix of :func:`pairwise_squared_distances` (same values), detached, and d(a, p).
+
+    Every same-label entry (the pairs and the diagonal) is then set to +inf, so that only
+    negatives can be a row's minimum. Runs under the callers' ``no_grad``.
+    """
+    dist = pairwise_squared_distances(embeddings.detach())
+    d_ap = dist[anchor, pos]
+    dist[anchor, pos] = float("inf")
+    return dist.fill_diagonal_(float("inf")), d_ap
+
+
+# Integer type with the width of each distance dtype: its view of the bits of a non-negative
+# float orders exactly like the float (IEEE 754), which the semi-hard search below relies on.
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 @torch.no_grad()
@@ -121,51 +193,67 @@ def semihard_triplet_indices(embeddings: Tensor, labels: Tensor) -> tuple[Tensor
     Ties go to the lowest index. Pairs come in row-major (anchor, positive) order. Returns
     three empty index vectors when the batch has no positive pair or no negative.
 
-    Cost: O(B²) memory (one B×B distance matrix plus fixed-size blocks of rows) and
-    O(pairs · B) time; no B×B×B tensor is ever formed (PML's TripletMarginMiner is O(B³)).
+    Cost: O(B²) memory (one B×B distance matrix plus blocks of at most ``_CHUNK_ELEMENTS``)
+    and O(pairs · B) time; no B×B×B tensor is ever formed (PML's TripletMarginMiner is O(B³)).
+
+    How (all exact, on the same float matrix as :func:`pairwise_squared_distances`): the
+    distances are >= 0, so their IEEE bit patterns, read as integers, order exactly as the
+    floats do. For a pair with threshold bits ``t = bits(d(a, p))``, the integer
+    ``k = bits(d(a, n)) - t - 1`` is >= 0 exactly when ``d(a, n) > d(a, p)``, and then grows with
+    ``d(a, n)``; flipping its sign bit maps "k >= 0, ascending" before every "k < 0" in signed
+    order. So one subtraction, one XOR and one ``min`` per row give the semi-hard negative
+    (``min`` returns the first index among ties), with no comparison mask and no sort.
+    Same-label entries are set to +inf first; a pair whose minimum lands on one has no negative
+    above d(a, p) and takes the farthest negative instead (rare; computed for those rows only).
     """
     labels = _check_inputs(embeddings, labels)
-    same = labels[:, None] == labels[None, :]
-    positive = same.clone().fill_diagonal_(False)
-    anchor, pos = positive.nonzero(as_tuple=True)
-    del positive
-    if anchor.numel() == 0 or bool(same.all()):
+    anchor, pos, n_classes = _positive_pairs(labels)
+    if anchor.numel() == 0 or n_classes < 2:
         empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
         return empty, empty.clone(), empty.clone()
 
-    dist = pairwise_squared_distances(embeddings.detach())
-    d_ap = dist[anchor, pos]
-    # Distances and thresholds d(a, p) are >= 0, so -1 marks "not a negative": argmax skips it
-    # and the strict test "> d(a, p)" below never selects it.
-    negative_dist = dist.masked_fill_(same, -1.0)
-    farthest_negative = negative_dist.argmax(dim=1)  # first index among ties
-    del same, dist
+    dist, d_ap = _mining_distances(embeddings, anchor, pos)
+    batch = dist.shape[0]
+    # abs_ turns the -0.0 that clamp_ may leave into +0.0 (equal as floats): then every bit
+    # pattern is that of a float >= 0 (or +NaN) and orders like the float.
+    bits = dist.abs_().view(_BITS[dist.dtype])
+    # A NaN d(a, p) compares false with everything, so TF falls back to the farthest negative,
+    # as a threshold of +inf does. Then 1 <= t + 1 <= bits(inf) + 1 and 0 <= bits(d): the
+    # subtraction below never overflows.
+    inf = float("inf")
+    threshold = torch.nan_to_num(d_ap.abs_(), nan=inf, posinf=inf).view(bits.dtype) + 1
+    sign_bit = torch.iinfo(bits.dtype).min
 
-    # Pair j is the slot[j]-th positive of its anchor. Looping over slots instead of pairs lets
-    # a full slot (every anchor has that many positives, as in every P×K batch) read rows of
-    # the matrix in place rather than gather one row copy per pair (~35% faster at B = 8192).
-    batch = negative_dist.shape[0]
     counts = torch.bincount(anchor, minlength=batch)
-    first_pair = torch.cumsum(counts, dim=0) - counts
-    slot = torch.arange(anchor.numel(), device=anchor.device) - first_pair[anchor]
+    per_anchor = int(counts[0])
     negative = torch.empty_like(anchor)
-    rows_per_block = max(1, _CHUNK_ELEMENTS // batch)
-    for k in range(int(counts.max())):
-        pairs = (slot == k).nonzero(as_tuple=True)[0]
-        full = pairs.numel() == batch  # then anchor[pairs] is 0..B-1 in order
-        for start in range(0, pairs.numel(), rows_per_block):
-            block = pairs[start : start + rows_per_block]
-            block_anchor = anchor[block]
-            rows = (
-                negative_dist[start : start + block.numel()]
-                if full
-                else negative_dist[block_anchor]
-            )
-            above = torch.where(rows > d_ap[block, None], rows, float("inf"))
-            closest, closest_idx = above.min(dim=1)  # first index among ties
-            negative[block] = torch.where(
-                torch.isfinite(closest), closest_idx, farthest_negative[block_anchor]
-            )
+    if per_anchor > 0 and bool((counts == per_anchor).all()):
+        # Every anchor has the same number c of positives (every P×K batch): blocks of rows
+        # against their c thresholds at once, (rows, c, B), without gathering any row.
+        thresholds = threshold.view(batch, per_anchor, 1)
+        rows_per_block = max(1, _CHUNK_ELEMENTS // (per_anchor * batch))
+        for start in range(0, batch, rows_per_block):
+            stop = min(start + rows_per_block, batch)
+            keys = torch.sub(bits[start:stop, None, :], thresholds[start:stop])
+            keys.bitwise_xor_(sign_bit)
+            negative[start * per_anchor : stop * per_anchor] = keys.min(dim=2).indices.view(-1)
+    else:
+        pairs_per_block = max(1, _CHUNK_ELEMENTS // batch)
+        for start in range(0, anchor.numel(), pairs_per_block):
+            block = slice(start, start + pairs_per_block)
+            keys = bits.index_select(0, anchor[block]).sub_(threshold[block, None])
+            keys.bitwise_xor_(sign_bit)
+            negative[block] = keys.min(dim=1).indices
+
+    # The minimum landed on a non-negative (+inf): no negative is farther than the positive.
+    fallback = (labels[negative] == labels[anchor]).nonzero(as_tuple=True)[0]
+    if fallback.numel():
+        rows, row_of_pair = torch.unique(anchor[fallback], return_inverse=True)
+        # -1 is below every distance: argmax (first index among ties) skips non-negatives.
+        candidates = dist.index_select(0, rows).masked_fill_(
+            labels[rows, None] == labels[None, :], -1.0
+        )
+        negative[fallback] = candidates.argmax(dim=1)[row_of_pair]
     return anchor, pos, negative
 
 
@@ -190,9 +278,8 @@ def semihard_triplet_loss(
     anchor, pos, negative = semihard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)
-    d_ap = _selected_squared_distances(embeddings, anchor, pos)
-    d_an = _selected_squared_distances(embeddings, anchor, negative)
-    return _reduce(F.relu(d_ap - d_an + float(margin)), reduction)
+    gap = _triplet_gap(embeddings, anchor, pos, negative)
+    return _reduce(F.relu(gap + float(margin)), reduction)
 
 
 @torch.no_grad()
@@ -204,14 +291,28 @@ def batch_hard_triplet_indices(embeddings: Tensor, labels: Tensor) -> tuple[Tens
     Euclidean, ties to the lowest index. O(B²) time and memory.
     """
     labels = _check_inputs(embeddings, labels)
-    same = labels[:, None] == labels[None, :]
-    positive = same.clone().fill_diagonal_(False)
-    valid = positive.any(dim=1) & ~same.all(dim=1)
-    dist = pairwise_squared_distances(embeddings.detach())
-    hardest_positive = dist.masked_fill(~positive, float("-inf")).argmax(dim=1)
-    hardest_negative = dist.masked_fill_(same, float("inf")).argmin(dim=1)
-    anchor = valid.nonzero(as_tuple=True)[0]
-    return anchor, hardest_positive[anchor], hardest_negative[anchor]
+    anchor, pos, n_classes = _positive_pairs(labels)
+    if anchor.numel() == 0 or n_classes < 2:
+        empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
+        return empty, empty.clone(), empty.clone()
+    dist, d_ap = _mining_distances(embeddings, anchor, pos)
+    hardest_negative = dist.argmin(dim=1)  # same-label entries are +inf; first index among ties
+
+    # The pairs as a padded (B, most positives) table, slot k = the anchor's k-th positive in
+    # index order; -1 pads below every distance, so argmax (first among ties) is Hermans' p.
+    batch = dist.shape[0]
+    counts = torch.bincount(anchor, minlength=batch)
+    slot = (
+        torch.arange(anchor.numel(), device=anchor.device)
+        - (torch.cumsum(counts, 0) - counts)[anchor]
+    )
+    table = d_ap.new_full((batch, int(counts.max())), -1.0)
+    table[anchor, slot] = d_ap
+    best_slot = table.argmax(dim=1)
+    positives = torch.zeros(table.shape, dtype=torch.long, device=anchor.device)
+    positives[anchor, slot] = pos
+    valid = (counts > 0).nonzero(as_tuple=True)[0]
+    return valid, positives[valid, best_slot[valid]], hardest_negative[valid]
 
 
 def batch_hard_triplet_loss(
@@ -233,9 +334,7 @@ def batch_hard_triplet_loss(
     anchor, pos, negative = batch_hard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)
-    diff = _selected_squared_distances(embeddings, anchor, pos) - _selected_squared_distances(
-        embeddings, anchor, negative
-    )
+    diff = _triplet_gap(embeddings, anchor, pos, negative)
     losses = F.softplus(diff) if margin == "soft" else F.relu(diff + float(margin))
     return _reduce(losses, reduction)
 
