@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from ranking_reg.metrics.gemm import augmented_items, blas_threads, ranking_keys
 from ranking_reg.metrics.knn import ArrayLike, _as_embeddings
 
 # Greedy k-means++ runs on a seeded subsample of at most this many points per cluster: its
@@ -108,17 +110,16 @@ def _assign(
     x: torch.Tensor, sq: torch.Tensor, centers: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre of every point (ties: the lowest-numbered) and the squared distance."""
-    norms = (centers * centers).sum(dim=1)
+    items = augmented_items(centers)
+    block = np.empty((min(len(x), _ASSIGN_ROWS), len(centers)), dtype=np.float32)
     assign = torch.empty(len(x), dtype=torch.int64)
     dist = torch.empty(len(x), dtype=x.dtype)
-    for start in range(0, len(x), _ASSIGN_ROWS):
-        rows = slice(start, start + _ASSIGN_ROWS)
-        # argmin_c ||x - c||^2 = argmin_c ||c||^2 - 2 x.c: ||x||^2 is constant along the row.
-        torch.min(
-            torch.addmm(norms, x[rows], centers.T, alpha=-2.0),
-            dim=1,
-            out=(dist[rows], assign[rows]),
-        )
+    with blas_threads():
+        for start in range(0, len(x), _ASSIGN_ROWS):
+            rows = slice(start, start + _ASSIGN_ROWS)
+            keys = ranking_keys(x[rows], items, block[: len(dist[rows])])
+            # argmin_c ||x - c||^2 = argmin_c ||c||^2 - 2 x.c: ||x||^2 is constant along the row.
+            torch.min(keys, dim=1, out=(dist[rows], assign[rows]))
     return assign, dist.add_(sq).clamp_(min=0.0)
 
 

@@ -8,8 +8,9 @@ Learning via Lifted Structured Feature Embedding", CVPR 2016) and MAP@R (Musgrav
 behind the retrieval grid of :mod:`ranking_reg.reporting.plots`.
 
 Exact (no approximate index) and deterministic; memory stays at one (queries x items) block.
-At NABirds' test size (24,633 x 256) on one CPU thread the whole search is ~4 s, 3 s of it
-the float32 matmuls (``experiments/benchmarks/bench_eval.py``).
+The block of ranking keys is one float32 GEMM through numpy's OpenBLAS
+(:mod:`~ranking_reg.metrics.gemm`: torch's MKL sgemm runs ~2x slower on AMD CPUs); it is most
+of the time (``experiments/benchmarks/bench_eval.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+
+from ranking_reg.metrics.gemm import augmented_items, blas_threads, ranking_keys
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -169,9 +172,25 @@ def _neighbour_chunks(
     width = max(-(-n // whole) * whole, take)  # columns padded to whole groups; padding +inf
     if chunk_size is None:
         chunk_size = max(1, _BLOCK_ELEMENTS // width)
-    sq = (x * x).sum(dim=1)
-    items = torch.cat([x, x.new_zeros(width - n, x.shape[1])])
-    sq_items = torch.cat([sq, sq.new_zeros(width - n)]).unsqueeze(0)
+    items = augmented_items(x, width)
+    block = np.empty((min(chunk_size, n_queries), width), dtype=np.float32)
+    with blas_threads():
+        yield from _chunks(x, k, take, groups, chunk_size, items, block, queries, vectors)
+
+
+def _chunks(
+    x: torch.Tensor,
+    k: int,
+    take: int,
+    groups: tuple[int, ...],
+    chunk_size: int,
+    items: np.ndarray,
+    block: np.ndarray,
+    queries: torch.Tensor | None,
+    vectors: torch.Tensor | None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    n = len(x)
+    n_queries = len(vectors) if vectors is not None else n if queries is None else len(queries)
     for start in range(0, n_queries, chunk_size):
         stop = min(start + chunk_size, n_queries)
         rows = torch.arange(stop - start)
@@ -183,7 +202,7 @@ def _neighbour_chunks(
         else:
             own = queries[start:stop]
             q = x[own]
-        d = torch.addmm(sq_items, q, items.T, alpha=-2.0)
+        d = ranking_keys(q, items, block[: stop - start])
         d[:, n:] = math.inf
         if own is not None:
             d[rows, own] = math.inf  # the query itself
