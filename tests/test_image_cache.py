@@ -126,6 +126,26 @@ def test_prepare_cache_size_builds_both_splits(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_datamodule_passes_the_cache_options(tmp_path):
+    from ranking_reg.data.datamodule import FGVRDataModule
+
+    fx.make_folder(str(tmp_path), {"a": 6, "b": 6})
+    dm = FGVRDataModule(
+        name="folder",
+        root=str(tmp_path),
+        batch_size=4,
+        samples_per_class=2,
+        img_size=16,
+        num_workers=0,
+        val_fraction=0,
+        cache_size=16,
+        cache_dir=str(tmp_path / ".elsewhere"),
+    )
+    dm.setup()
+    assert len(_cached_files(str(tmp_path / ".elsewhere"))) == 12  # train and test
+    assert dm.train_dataset[0][0].shape == (3, 16, 16)
+
+
 @pytest.mark.parametrize("bad", [0, -3, True, 2.5, "256"])
 def test_bad_cache_size_is_a_config_error(tmp_path, bad):
     with pytest.raises(ConfigError, match="data.cache_size"):

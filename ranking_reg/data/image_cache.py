@@ -37,7 +37,9 @@ Choices, and why:
 - Parallel: a thread pool (Pillow releases the GIL while decoding, resizing and encoding), all
   usable cores by default, with a tqdm progress bar.
 
-torchvision has no persistent resized-image cache (its transforms run every epoch), hence ours.
+``python -m ranking_reg.data.prepare NAME --cache-size S`` (:func:`prepare_cache`) writes it
+ahead of time. torchvision has no persistent resized-image cache (its transforms run every
+epoch), hence ours.
 """
 
 from __future__ import annotations
@@ -292,3 +294,57 @@ def _build(
     finally:
         bar.close()
         _write_manifest(cache_dir, entries)
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with YAML-like values (true/false/null, numbers, else a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        from argparse import ArgumentTypeError
+
+        raise ArgumentTypeError(f"{text!r}: expects KEY=VALUE, e.g. use_bbox=true")
+    words = {"true": True, "false": False, "null": None}
+    if value.lower() in words:
+        return key, words[value.lower()]
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def prepare_cache(
+    name: str,
+    root: str,
+    cache_size: int,
+    cache_dir: str | None = None,
+    options: dict | None = None,
+    progress: bool = True,
+) -> list:
+    """Write the image cache of both splits of ``name`` (``data.cache_size=cache_size``).
+
+    Returns one :class:`CacheReport` per split (``python -m ranking_reg.data.prepare NAME
+    --cache-size S``). ``cache_dir``
+    None is the training default (``<root>/.rr_cache/<name>-<size>``).
+    """
+    from ranking_reg.data.registry import build_dataset
+
+    size = check_cache_size(cache_size)
+    reports = []
+    for split in ("train", "test"):
+        dataset = build_dataset(
+            name,
+            root,
+            split,
+            cache_size=size,
+            cache_dir=cache_dir,
+            progress=progress,
+            **(options or {}),
+        )
+        reports.append(dataset.cache_report)
+        print(
+            f"{name} {split}: {len(dataset.cache)} of {len(dataset)} images cached at {size}px "
+            f"in {dataset.cache_report.cache_dir} ({dataset.cache_report.written} written)"
+        )
+    return reports

@@ -309,59 +309,9 @@ def prepare(
     return target
 
 
-def _option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with YAML-like values (true/false/null, numbers, else a string)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expects KEY=VALUE, e.g. use_bbox=true")
-    words = {"true": True, "false": False, "null": None}
-    if value.lower() in words:
-        return key, words[value.lower()]
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
-
-
-def prepare_cache(
-    name: str,
-    root: str,
-    cache_size: int,
-    cache_dir: str | None = None,
-    options: dict | None = None,
-    progress: bool = True,
-) -> list:
-    """Write the image cache of both splits of ``name`` (``data.cache_size=cache_size``).
-
-    Returns one :class:`~ranking_reg.data.image_cache.CacheReport` per split. ``cache_dir``
-    None is the training default (``<root>/.rr_cache/<name>-<size>``).
-    """
-    from ranking_reg.data.image_cache import check_cache_size
-    from ranking_reg.data.registry import build_dataset
-
-    size = check_cache_size(cache_size)
-    reports = []
-    for split in ("train", "test"):
-        dataset = build_dataset(
-            name,
-            root,
-            split,
-            cache_size=size,
-            cache_dir=cache_dir,
-            progress=progress,
-            **(options or {}),
-        )
-        reports.append(dataset.cache_report)
-        print(
-            f"{name} {split}: {len(dataset.cache)} of {len(dataset)} images cached at {size}px "
-            f"in {dataset.cache_report.cache_dir} ({dataset.cache_report.written} written)"
-        )
-    return reports
-
-
 def main(argv: list[str] | None = None) -> int:
+    from ranking_reg.data.image_cache import parse_option, prepare_cache
+
     parser = argparse.ArgumentParser(
         prog="python -m ranking_reg.data.prepare",
         description="Download and unpack the fine-grained datasets (or say how to get them).",
@@ -385,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--option",
         action="append",
-        type=_option,
+        type=parse_option,
         default=[],
         metavar="KEY=VALUE",
         help="a dataset option of the run the cache is for (use_bbox=true, list_file=...)",
