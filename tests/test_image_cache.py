@@ -126,24 +126,18 @@ def test_prepare_cache_size_builds_both_splits(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_datamodule_passes_the_cache_options(tmp_path):
-    from ranking_reg.data.datamodule import FGVRDataModule
+def test_cache_dir_option_and_the_options_every_image_dataset_lists(tmp_path):
+    from ranking_reg.data.registry import accepted_options
 
-    fx.make_folder(str(tmp_path), {"a": 6, "b": 6})
-    dm = FGVRDataModule(
-        name="folder",
-        root=str(tmp_path),
-        batch_size=4,
-        samples_per_class=2,
-        img_size=16,
-        num_workers=0,
-        val_fraction=0,
-        cache_size=16,
-        cache_dir=str(tmp_path / ".elsewhere"),
+    fx.make_folder(str(tmp_path), {"a": 3, "b": 3})
+    # what the DataModule passes: its data.* dataset keys, the cache's included
+    dataset = build_dataset(
+        "folder", tmp_path, "test", cache_size=16, cache_dir=str(tmp_path / ".elsewhere")
     )
-    dm.setup()
-    assert len(_cached_files(str(tmp_path / ".elsewhere"))) == 12  # train and test
-    assert dm.train_dataset[0][0].shape == (3, 16, 16)
+    assert len(_cached_files(str(tmp_path / ".elsewhere"))) == len(dataset) > 0
+    for name in ("aircraft", "cars", "csv", "dogs", "flowers102", "folder", "nabirds"):
+        assert {"cache_size", "cache_dir"} <= set(accepted_options(name)), name
+    assert "cache_size" not in accepted_options("digits")
 
 
 @pytest.mark.parametrize("bad", [0, -3, True, 2.5, "256"])
