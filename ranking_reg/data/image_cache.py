@@ -87,8 +87,8 @@ def check_cache_size(value: Any) -> int | None:
 
 def default_cache_dir(root: str | os.PathLike, name: str, size: int) -> str:
     """``<root>/.rr_cache/<name>-<size>``: next to the data, one folder per dataset and size."""
-    return os.path.join(os.path.abspath(os.path.expanduser(os.fspath(root))), ".rr_cache",
-                        f"{name}-{size}")  # fmt: skip
+    base = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    return os.path.join(base, ".rr_cache", f"{name}-{size}")
 
 
 def resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -98,10 +98,10 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
     if short <= size:
         return image
     scale = size / short
-    target = (
-        (size, max(1, round(height * scale))) if width == short else
-        (max(1, round(width * scale)), size)
-    )  # fmt: skip
+    if width == short:
+        target = (size, max(1, round(height * scale)))
+    else:
+        target = (max(1, round(width * scale)), size)
     return image.resize(target, RESAMPLE, reducing_gap=REDUCING_GAP)
 
 
@@ -152,18 +152,17 @@ def _write_manifest(cache_dir: str, entries: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(cache_dir: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<cache_dir>/.lock`` (waits for the process that holds it)."""
-    with open(os.path.join(cache_dir, LOCK), "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process to finish the image cache in %s", cache_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(handle: Any, cache_dir: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``handle`` (``<cache_dir>/.lock``); waits for its holder."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("waiting for another process to finish the image cache in %s", cache_dir)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_one(dataset: Any, index: int, size: int, target: str) -> bool:
@@ -232,13 +231,14 @@ def build_cache(
     if stale:
         try:
             os.makedirs(cache_dir, exist_ok=True)
+            lock = open(os.path.join(cache_dir, LOCK), "a")  # noqa: SIM115 - closed below
         except OSError as error:
             raise DataError(
-                f"the image cache folder {cache_dir} cannot be created ({error}); set "
+                f"the image cache folder {cache_dir} cannot be written ({error}); set "
                 "data.cache_dir to a writable folder, or data.cache_size=null to read the "
                 "originals."
             ) from error
-        with _locked(cache_dir):
+        with lock, _locked(lock, cache_dir):
             entries = _read_manifest(cache_dir)  # another process may have built it meanwhile
             stale = _stale(plan, entries)
             _build(dataset, size, stale, entries, cache_dir, workers, progress, label, report)
