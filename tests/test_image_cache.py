@@ -140,6 +140,24 @@ def test_cache_dir_option_and_the_options_every_image_dataset_lists(tmp_path):
     assert "cache_size" not in accepted_options("digits")
 
 
+def test_prepare_options_reach_the_dataset(tmp_path):
+    from ranking_reg.data.image_cache import parse_option
+
+    assert [parse_option(t) for t in ("use_bbox=true", "a=null", "n=3", "f=0.5", "p=x.csv")] == [
+        ("use_bbox", True),
+        ("a", None),
+        ("n", 3),
+        ("f", 0.5),
+        ("p", "x.csv"),
+    ]
+    fx.make_folder(str(tmp_path / "data"), {"a": 4, "b": 4})
+    argv = ["folder", "--root", str(tmp_path / "data"), "--cache-size", "16", "--no-progress"]
+    argv += ["--cache-dir", str(tmp_path / "c"), "--option", "test_fraction=0.5"]
+    assert prep.main(argv) == 0
+    test = build_dataset("folder", tmp_path / "data", "test", test_fraction=0.5)
+    assert len(test) == 4 and len(_cached_files(str(tmp_path / "c"))) == 8
+
+
 @pytest.mark.parametrize("bad", [0, -3, True, 2.5, "256"])
 def test_bad_cache_size_is_a_config_error(tmp_path, bad):
     with pytest.raises(ConfigError, match="data.cache_size"):
