@@ -23,16 +23,22 @@ the keys as computed (bit-exact wherever the float32 arithmetic is, e.g. small i
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()  # scans the loaded libraries once (~10 ms)
 
 
 def blas_threads() -> AbstractContextManager:
     """numpy's BLAS limited to torch's thread count (``torch.set_num_threads`` governs both)."""
-    return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+    return _controller().limit(limits=torch.get_num_threads(), user_api="blas")
 
 
 def augmented_items(x: torch.Tensor, rows: int | None = None) -> np.ndarray:
@@ -46,11 +52,28 @@ def augmented_items(x: torch.Tensor, rows: int | None = None) -> np.ndarray:
     return out
 
 
-def ranking_keys(q: torch.Tensor, items: np.ndarray, out: np.ndarray) -> torch.Tensor:
+BACKENDS = ("auto", "blas", "torch")
+
+
+def check_backend(backend: str) -> str:
+    """The GEMM backend: ``blas`` (numpy's OpenBLAS, what ``auto`` means) or ``torch``
+    (``torch.mm``: MKL in torch's CPU wheels; the path before this module, kept as the
+    reference the tests compare against)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return "blas" if backend == "auto" else backend
+
+
+def ranking_keys(
+    q: torch.Tensor, items: np.ndarray, out: np.ndarray, backend: str = "blas"
+) -> torch.Tensor:
     """Keys (Q, M) = ||x||^2 - 2 q.x of queries q (Q, D) against ``items`` =
     :func:`augmented_items` (M, D + 1), written into ``out`` (Q, M) float32 (C-contiguous) and
-    returned as a tensor sharing its memory."""
+    returned as a tensor sharing its memory; ``backend`` as in :func:`check_backend`."""
     aug = np.ones((len(q), items.shape[1]), dtype=np.float32)
     aug[:, :-1] = q.numpy()
-    np.matmul(aug, items.T, out=out)
+    if backend == "torch":
+        torch.mm(torch.from_numpy(aug), torch.from_numpy(items).T, out=torch.from_numpy(out))
+    else:
+        np.matmul(aug, items.T, out=out)
     return torch.from_numpy(out)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ranking_reg.metrics.gemm import augmented_items, blas_threads, ranking_keys
+from ranking_reg.metrics.gemm import augmented_items, blas_threads, check_backend, ranking_keys
 from ranking_reg.metrics.knn import ArrayLike, _as_embeddings
 
 # Greedy k-means++ runs on a seeded subsample of at most this many points per cluster: its
@@ -35,6 +35,7 @@ def kmeans(
     max_iter: int = 20,
     tol: float = 1e-4,
     seed: int = 0,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, float]:
     """Lloyd's k-means with greedy k-means++ seeding, in torch; returns (assignments, inertia).
 
@@ -54,8 +55,10 @@ def kmeans(
       empty cluster keeps its previous centre.
     - The best of ``n_init`` seeded runs by inertia (float64 sum of squared distances).
 
-    Deterministic for a ``seed``: the same input gives the same assignment.
+    Deterministic for a ``seed``: the same input gives the same assignment. ``backend``: the
+    BLAS of the assignment GEMM (:func:`~ranking_reg.metrics.gemm.check_backend`).
     """
+    backend = check_backend(backend)
     x = _as_embeddings(embeddings)
     n = len(x)
     if not 1 <= n_clusters <= n:
@@ -68,7 +71,7 @@ def kmeans(
     for _ in range(n_init):
         sub = torch.randperm(n, generator=gen)[:init_points] if init_points < n else slice(None)
         centers = _kmeans_plus_plus(x[sub], sq[sub], n_clusters, gen)
-        assign, inertia = _lloyd(x, sq, centers, max_iter, threshold)
+        assign, inertia = _lloyd(x, sq, centers, max_iter, threshold, backend)
         if best is None or inertia < best[1]:
             best = (assign, inertia)
     assert best is not None
@@ -107,7 +110,7 @@ def _kmeans_plus_plus(
 
 
 def _assign(
-    x: torch.Tensor, sq: torch.Tensor, centers: torch.Tensor
+    x: torch.Tensor, sq: torch.Tensor, centers: torch.Tensor, backend: str = "blas"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre of every point (ties: the lowest-numbered) and the squared distance."""
     items = augmented_items(centers)
@@ -117,19 +120,24 @@ def _assign(
     with blas_threads():
         for start in range(0, len(x), _ASSIGN_ROWS):
             rows = slice(start, start + _ASSIGN_ROWS)
-            keys = ranking_keys(x[rows], items, block[: len(dist[rows])])
+            keys = ranking_keys(x[rows], items, block[: len(dist[rows])], backend)
             # argmin_c ||x - c||^2 = argmin_c ||c||^2 - 2 x.c: ||x||^2 is constant along the row.
             torch.min(keys, dim=1, out=(dist[rows], assign[rows]))
     return assign, dist.add_(sq).clamp_(min=0.0)
 
 
 def _lloyd(
-    x: torch.Tensor, sq: torch.Tensor, centers: torch.Tensor, max_iter: int, threshold: float
+    x: torch.Tensor,
+    sq: torch.Tensor,
+    centers: torch.Tensor,
+    max_iter: int,
+    threshold: float,
+    backend: str,
 ) -> tuple[torch.Tensor, float]:
     k = len(centers)
     assign = None
     for _ in range(max_iter):
-        new_assign, _ = _assign(x, sq, centers)
+        new_assign, _ = _assign(x, sq, centers, backend)
         if assign is not None and torch.equal(new_assign, assign):
             break
         assign = new_assign
@@ -141,5 +149,5 @@ def _lloyd(
         if shift <= threshold:
             break
     # Final assignment against the final centres (what the returned inertia refers to).
-    assign, dist = _assign(x, sq, centers)
+    assign, dist = _assign(x, sq, centers, backend)
     return assign, float(dist.double().sum())

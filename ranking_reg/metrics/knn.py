@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ranking_reg.metrics.gemm import augmented_items, blas_threads, ranking_keys
+from ranking_reg.metrics.gemm import augmented_items, blas_threads, check_backend, ranking_keys
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -53,6 +53,7 @@ def nearest_neighbors(
     k: int,
     chunk_size: int | None = None,
     queries: ArrayLike | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Indices (Q, k) of the k nearest *other* items of every query, nearest first.
 
@@ -69,10 +70,15 @@ def nearest_neighbors(
     sort of the row by distance. ``torch.topk`` does not promise which of several equal values
     it returns, so rows whose k-th and (k+1)-th smallest distances are equal are re-selected
     exactly from the full row; the order inside the k is then fixed by a stable sort.
+
+    ``backend`` (``auto`` = ``blas``, or ``torch``) picks the BLAS of the key GEMM
+    (:mod:`~ranking_reg.metrics.gemm`); the lists are the same wherever the float32 keys are
+    (e.g. small integer data) and may differ only between items whose distances are within
+    float32 rounding of each other.
     """
     x = _as_embeddings(embeddings)
     q = None if queries is None else _as_query_indices(queries, len(x))
-    chunks = [idx for _, idx in _neighbour_chunks(x, k, chunk_size, q)]
+    chunks = [idx for _, idx in _neighbour_chunks(x, k, chunk_size, q, backend=backend)]
     return torch.cat(chunks) if chunks else torch.zeros((0, k), dtype=torch.int64)
 
 
@@ -155,12 +161,14 @@ def _neighbour_chunks(
     chunk_size: int | None,
     queries: torch.Tensor | None = None,
     vectors: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """(query slice, their (rows, k) neighbour indices) for consecutive chunks of queries: of
     all items in order, of the items ``queries`` (the slice then indexes ``queries``), or of
     outside ``vectors`` (nothing excluded; the slice indexes ``vectors``)."""
     n = len(x)
     n_queries = len(vectors) if vectors is not None else n if queries is None else len(queries)
+    backend = check_backend(backend)
     limit = n if vectors is not None else n - 1
     if not 1 <= k <= limit:
         raise ValueError(f"k must be in [1, {limit}], got {k}")
@@ -175,7 +183,7 @@ def _neighbour_chunks(
     items = augmented_items(x, width)
     block = np.empty((min(chunk_size, n_queries), width), dtype=np.float32)
     with blas_threads():
-        yield from _chunks(x, k, take, groups, chunk_size, items, block, queries, vectors)
+        yield from _chunks(x, k, take, groups, chunk_size, items, block, queries, vectors, backend)
 
 
 def _chunks(
@@ -188,6 +196,7 @@ def _chunks(
     block: np.ndarray,
     queries: torch.Tensor | None,
     vectors: torch.Tensor | None,
+    backend: str,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     n = len(x)
     n_queries = len(vectors) if vectors is not None else n if queries is None else len(queries)
@@ -202,7 +211,7 @@ def _chunks(
         else:
             own = queries[start:stop]
             q = x[own]
-        d = ranking_keys(q, items, block[: stop - start])
+        d = ranking_keys(q, items, block[: stop - start], backend)
         d[:, n:] = math.inf
         if own is not None:
             d[rows, own] = math.inf  # the query itself

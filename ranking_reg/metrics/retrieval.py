@@ -48,6 +48,7 @@ def retrieval_metrics(
     n_init: int = 1,
     max_iter: int = 20,
     chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, float]:
     """Recall@k for every k in ``ks``, MAP@R and (if ``nmi``) NMI of the embeddings.
 
@@ -71,6 +72,8 @@ def retrieval_metrics(
       convergence, ``max_iter=100``).
 
     Embeddings: (N, D) float tensor or array, N >= 2. Labels: N values of any kind.
+    ``backend``: the BLAS of the kNN and k-means GEMMs, ``auto`` (= ``blas``, numpy's OpenBLAS)
+    or ``torch`` (:mod:`~ranking_reg.metrics.gemm`).
     """
     x = _as_embeddings(embeddings)
     n = len(x)
@@ -86,7 +89,7 @@ def retrieval_metrics(
     first_hit = torch.empty(n, dtype=torch.int64)  # rank (0-based) of the first same-label item
     ap_sum = torch.zeros((), dtype=torch.float64)
     ranks = torch.arange(1, depth + 1, dtype=torch.float64)
-    for rows, nn_idx in _neighbour_chunks(x, depth, chunk_size):
+    for rows, nn_idx in _neighbour_chunks(x, depth, chunk_size, backend=backend):
         q_labels, r = y[rows], others[rows]
         hits = y[nn_idx] == q_labels.unsqueeze(1)  # (chunk, depth)
         first_hit[rows] = torch.where(hits.any(dim=1), hits.to(torch.int8).argmax(dim=1), depth)
@@ -102,6 +105,8 @@ def retrieval_metrics(
     out["map@r"] = float(ap_sum / has_others) if has_others else float("nan")
 
     if nmi:
-        clusters, _ = kmeans(x, len(counts), n_init=n_init, max_iter=max_iter, seed=seed)
+        clusters, _ = kmeans(
+            x, len(counts), n_init=n_init, max_iter=max_iter, seed=seed, backend=backend
+        )
         out["nmi"] = float(normalized_mutual_info_score(y.numpy(), clusters.numpy()))
     return out
