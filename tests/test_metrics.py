@@ -386,7 +386,12 @@ def test_bench_eval_quick_runs_and_agrees_with_pml():
         rows = bench.run(quick=True, threads=1)
     finally:
         torch.set_num_threads(threads)
-    assert [r["variant"] for r in rows] == ["retrieval", "retrieval+nmi", "retrieval+nmi@100it"]
+    assert [r["variant"] for r in rows] == [
+        "retrieval",
+        "retrieval+nmi",
+        "retrieval+nmi@100it",
+        "retrieval (torch GEMM)",
+    ]
     for r in rows:
         assert r["N"] == 1200 and r["ours_s"] > 0 and r["pml_s"] > 0
         assert r["ours_recall@1"] == pytest.approx(r["pml_recall@1"], abs=1e-6)

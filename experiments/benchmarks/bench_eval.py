@@ -5,7 +5,10 @@ items, a seeded synthetic clustered set with non-trivial scores), times
 ``ranking_reg.metrics.retrieval_metrics`` against PML's ``AccuracyCalculator`` (faiss kNN and
 faiss k-means, ``k="max_bin_count"``; faiss and torch get the same number of threads):
 
-- ``retrieval``: Recall@K / precision_at_1 and MAP@R only (exact kNN, both sides);
+- ``retrieval``: Recall@K / precision_at_1 and MAP@R only (exact kNN, both sides); ours with
+  the default GEMM backend (numpy's OpenBLAS, :mod:`ranking_reg.metrics.gemm`);
+- ``retrieval (torch GEMM)``: the same with ``backend="torch"`` (torch's MKL sgemm: the path
+  before the BLAS switch; on AMD CPUs MKL takes a ~2x slower sgemm path), same process;
 - ``retrieval+nmi``: the same plus NMI with our defaults (greedy k-means++ seeding on a
   subsample of 20 points a cluster, at most 20 Lloyd iterations) against PML's NMI (faiss:
   random init, exactly 20 iterations);
@@ -81,6 +84,7 @@ def run(quick: bool = False, threads: int | None = None, repeats: int | None = N
     jobs = {
         "pml_knn": lambda: _pml(x, y, ("precision_at_1", "mean_average_precision_at_r")),
         "ours_knn": lambda: retrieval_metrics(x, y, nmi=False),
+        "ours_knn_torch": lambda: retrieval_metrics(x, y, nmi=False, backend="torch"),
         "pml_all": lambda: _pml(x, y, ("precision_at_1", "mean_average_precision_at_r", "NMI")),
         "ours_all": lambda: retrieval_metrics(x, y, nmi=True, seed=0),
         "ours_100": lambda: retrieval_metrics(x, y, nmi=True, seed=0, max_iter=100),
@@ -119,6 +123,7 @@ def run(quick: bool = False, threads: int | None = None, repeats: int | None = N
         pair("retrieval", "ours_knn", "pml_knn"),
         pair("retrieval+nmi", "ours_all", "pml_all"),
         pair("retrieval+nmi@100it", "ours_100", "pml_all"),
+        pair("retrieval (torch GEMM)", "ours_knn_torch", "pml_knn"),
     ]
 
 
