@@ -10,7 +10,10 @@ distances from the embeddings, so gradients flow through exactly the chosen (a, 
 nothing of size B×B is kept for backward.
 
 Distances are always computed in float32 (float64 stays float64) with autocast off, so bf16/fp16
-autocast adds no low-precision matmul rounding to the mining decisions or the loss.
+autocast adds no low-precision matmul rounding to the mining decisions or the loss. Nothing is
+promoted to float64: the mining compares the float32 distances exactly (through their bit
+patterns, see :func:`semihard_triplet_indices`), so equal distances are ties and the lowest
+index wins, as in the loop references of the tests.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from ranking_reg.utils.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
 
-# Largest number of elements of one (rows × B) block in semi-hard mining: 4M floats = 16 MiB,
-# so the working memory beyond the B×B matrix is fixed, whatever the number of pairs.
+# Largest number of elements of one block of integer keys in semi-hard mining (4M = 16 MiB in
+# float32), so the working memory beyond the B×B matrix is fixed, whatever the number of pairs.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -296,7 +299,10 @@ def batch_hard_triplet_indices(embeddings: Tensor, labels: Tensor) -> tuple[Tens
         empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
         return empty, empty.clone(), empty.clone()
     dist, d_ap = _mining_distances(embeddings, anchor, pos)
-    hardest_negative = dist.argmin(dim=1)  # same-label entries are +inf; first index among ties
+    # Same-label entries are +inf. The argmin runs on the bit patterns (abs_ first turns a -0.0
+    # into +0.0): they order as the floats >= 0 do, and an integer argmin is ~2x a float one.
+    # First index among ties, as torch.argmin.
+    hardest_negative = dist.abs_().view(_BITS[dist.dtype]).argmin(dim=1)
 
     # The pairs as a padded (B, most positives) table, slot k = the anchor's k-th positive in
     # index order; -1 pads below every distance, so argmax (first among ties) is Hermans' p.
