@@ -98,6 +98,14 @@ BAD_VALUES = [
     ),
     (["data=aircraft", "data.use_bbox=0"], "data.use_bbox=0", "true or false", "got an integer"),
     (["data=aircraft", "data.decode_size=0"], "data.decode_size=0", "an integer >= 8", "got 0"),
+    (["data=aircraft", "data.cache_size=0"], "data.cache_size=0", "an integer >= 1", "got 0"),
+    (["data.normalize_on_device=2"], "data.normalize_on_device=2", "true or false", "got"),
+    (
+        ["logger=wandb", "logger.wandb.init_timeout=0"],
+        "logger.wandb.init_timeout=0",
+        "a number > 0",
+        "got 0",
+    ),
     (
         ["data=folder", "data.root=/x", "data.test_fraction=1"],
         "data.test_fraction=1",
@@ -224,7 +232,8 @@ def test_schema_covers_every_documented_key():
         data.skip_corrupt data.decode_size data.level data.crop_banner data.use_bbox
         data.list_file data.test_fraction data.root data.augment data.class_sampling
         test_ckpt metrics.ks metrics.knn.gallery metrics.knn.ks metrics.knn.fuse_alpha
-        metrics.knn.fuse_grid data.classes
+        metrics.knn.fuse_grid data.classes data.cache_size data.cache_dir data.normalize_on_device
+        logger.wandb.init_timeout logger.wandb.finish_timeout
         backbone.pretrained backbone.weights_file backbone.input_size
         regularizer.weight regularizer.margin regularizer.alpha regularizer.cross_device
         model.net.embedding_dim model.net.embedding_source model.channels_last model.compile

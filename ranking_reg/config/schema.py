@@ -174,6 +174,13 @@ SCHEMA: dict[str, Rule] = {
     "data.gallery": choice(*GALLERIES, note="set by metrics.knn.gallery"),
     "data.skip_corrupt": boolean(),
     "data.decode_size": integer(8, note="pixels of reduced-scale JPEG decoding", null="off"),
+    "data.cache_size": integer(
+        1, note="shorter side in pixels of the prepared image cache", null="off"
+    ),
+    "data.cache_dir": string("a folder path", null="<data.root>/.rr_cache/<dataset>-<cache_size>"),
+    "data.normalize_on_device": boolean(
+        note="true: workers hand uint8 images over, float + ImageNet normalisation on the device"
+    ),
     "data.level": choice(*AIRCRAFT_LEVELS, note="aircraft's label granularity"),
     "data.crop_banner": boolean(),
     "data.use_bbox": boolean(),
