@@ -7,7 +7,9 @@ candidates a step). The iteration budget is faiss's (20 Lloyd iterations), the k
 pytorch-metric-learning's ``AccuracyCalculator`` runs for its NMI.
 
 Deterministic for a seed. At NABirds' test size (24,633 x 256, 555 clusters) on one CPU
-thread a clustering takes ~2.3 s (``experiments/benchmarks/bench_eval.py``).
+thread a clustering took ~2.3 s on an Intel Xeon (``experiments/benchmarks/bench_eval.py``).
+The assignment GEMMs go through numpy's OpenBLAS (:mod:`~ranking_reg.metrics.gemm`), the BLAS
+faiss's k-means (what pytorch-metric-learning runs) uses too; faiss itself is not needed.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@
   clusters as classes.
 
 Everything here is exact (brute-force kNN from :mod:`ranking_reg.metrics.knn`, no approximate
-index) and deterministic for a seed. At NABirds' test size (24,633 x 256, 555 classes) on one
-CPU thread the kNN is ~4 s (3 s of it the float32 matmuls) and the k-means ~2.3 s: 2.6x faster
-than pytorch-metric-learning's ``AccuracyCalculator`` with faiss-cpu
-(``experiments/benchmarks/bench_eval.py``).
+index) and deterministic for a seed. Most of the time is float32 GEMMs (the kNN's keys, then
+the k-means assignments), run through numpy's OpenBLAS by default (:mod:`~ranking_reg.metrics.gemm`:
+torch's MKL sgemm is ~2x slower on AMD CPUs); ``experiments/benchmarks/bench_eval.py`` times it
+against pytorch-metric-learning's ``AccuracyCalculator`` with faiss-cpu.
 """
 
 from __future__ import annotations
