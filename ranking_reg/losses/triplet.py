@@ -213,8 +213,8 @@ def semihard_triplet_indices(embeddings: Tensor, labels: Tensor) -> tuple[Tensor
     floats do. For a pair with threshold bits ``t = bits(d(a, p))``, the integer
     ``k = bits(d(a, n)) - t - 1`` is >= 0 exactly when ``d(a, n) > d(a, p)``, and then grows with
     ``d(a, n)``; flipping its sign bit maps "k >= 0, ascending" before every "k < 0" in signed
-    order. So one subtraction, one XOR and one ``min`` per row give the semi-hard negative
-    (``min`` returns the first index among ties), with no comparison mask and no sort.
+    order. So one subtraction, one XOR and one ``argmin`` per row give the semi-hard negative
+    (``argmin`` returns the first index among ties), with no comparison mask and no sort.
     Same-label entries are set to +inf first; a pair whose minimum lands on one has no negative
     above d(a, p) and takes the farthest negative instead (rare; computed for those rows only).
     """
@@ -248,14 +248,14 @@ def semihard_triplet_indices(embeddings: Tensor, labels: Tensor) -> tuple[Tensor
             stop = min(start + rows_per_block, batch)
             keys = torch.sub(bits[start:stop, None, :], thresholds[start:stop])
             keys.bitwise_xor_(sign_bit)
-            negative[start * per_anchor : stop * per_anchor] = keys.min(dim=2).indices.view(-1)
+            negative[start * per_anchor : stop * per_anchor] = keys.argmin(dim=2).view(-1)
     else:
         pairs_per_block = max(1, _CHUNK_ELEMENTS // batch)
         for start in range(0, anchor.numel(), pairs_per_block):
             block = slice(start, start + pairs_per_block)
             keys = bits.index_select(0, anchor[block]).sub_(threshold[block, None])
             keys.bitwise_xor_(sign_bit)
-            negative[block] = keys.min(dim=1).indices
+            negative[block] = keys.argmin(dim=1)
 
     # The minimum landed on a non-negative (+inf): no negative is farther than the positive.
     fallback = (labels[negative] == labels[anchor]).nonzero(as_tuple=True)[0]
