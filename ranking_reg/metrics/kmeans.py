@@ -26,8 +26,10 @@ from ranking_reg.metrics.knn import ArrayLike, _as_embeddings
 # n_clusters sequential steps each read every candidate point (memory-bound, ~1.5 s at NABirds'
 # 24,633 x 256 and 555 clusters); 20 a cluster halves that, and Lloyd then runs on all points.
 _INIT_POINTS_PER_CLUSTER = 20
-# Query rows per block of the k-means assignment: a (rows x clusters) block stays in L2 cache.
-_ASSIGN_ROWS = 2048
+# Elements of one (points x clusters) block of the assignment: 2**25 float32 = 128 MiB, all
+# 24,633 points at once for 555 clusters. Few large GEMMs beat many small ones: one 24,633-row
+# product 0.14 s against 0.35 s in 2,048-row blocks (AMD EPYC, 2 threads, bench_eval's data).
+_BLOCK_ELEMENTS = 1 << 25
 
 
 def kmeans(
@@ -116,12 +118,13 @@ def _assign(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre of every point (ties: the lowest-numbered) and the squared distance."""
     items = augmented_items(centers)
-    block = np.empty((min(len(x), _ASSIGN_ROWS), len(centers)), dtype=np.float32)
+    step = max(1, _BLOCK_ELEMENTS // len(centers))
+    block = np.empty((min(len(x), step), len(centers)), dtype=np.float32)
     assign = torch.empty(len(x), dtype=torch.int64)
     dist = torch.empty(len(x), dtype=x.dtype)
     with blas_threads():
-        for start in range(0, len(x), _ASSIGN_ROWS):
-            rows = slice(start, start + _ASSIGN_ROWS)
+        for start in range(0, len(x), step):
+            rows = slice(start, start + step)
             keys = ranking_keys(x[rows], items, block[: len(dist[rows])], backend)
             # argmin_c ||x - c||^2 = argmin_c ||c||^2 - 2 x.c: ||x||^2 is constant along the row.
             torch.min(keys, dim=1, out=(dist[rows], assign[rows]))
