@@ -32,8 +32,8 @@ test-fast: install
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check ranking_reg tests experiments
-	$(VENV)/bin/ruff format --check ranking_reg tests experiments
+	$(VENV)/bin/ruff check ranking_reg tests experiments hydra_plugins
+	$(VENV)/bin/ruff format --check ranking_reg tests experiments hydra_plugins
 
 bench: install
 	$(PY) -m experiments.benchmarks.run_all --out $(or $(OUT),bench_out)
