@@ -29,11 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from torchvision.datasets import ImageFolder
 
-from experiments.benchmarks.bench_input import _warm_page_cache, make_jpegs
+from experiments.benchmarks.bench_input import _warm_page_cache, make_jpegs, worker_seconds
 from ranking_reg.data.image_cache import build_cache
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.transforms import train_transform
@@ -125,28 +123,8 @@ def _cold(dataset: ImageListDataset, cache_size: int, folder: Path) -> dict:
 
 
 def _warm(baseline: ImageFolder, cached: ImageListDataset, repeats: int) -> dict:
-    datasets = [baseline, cached]
-    seconds = [0.0, 0.0]
+    seconds = worker_seconds([baseline, cached], repeats)
     n = len(baseline)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one DataLoader worker's budget
-    try:
-        torch.manual_seed(0)
-        for i in range(min(4, n)):  # warm-up: imports, allocator, PIL plugin init
-            for dataset in datasets:
-                dataset[i]
-        for i in range(n):
-            order = [i % 2, 1 - i % 2]
-            per_image: list[list[float]] = [[], []]
-            for _ in range(repeats):
-                for j in order:
-                    start = time.thread_time()
-                    datasets[j][i]
-                    per_image[j].append(time.thread_time() - start)
-            for j, values in enumerate(per_image):
-                seconds[j] += float(np.median(values))
-    finally:
-        torch.set_num_threads(threads)
     torchvision_ips, cached_ips = n / seconds[0], n / seconds[1]
     return {
         "torchvision_ips": torchvision_ips,

@@ -25,10 +25,13 @@ images/s / torchvision's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +112,46 @@ def run(
     return rows
 
 
+@contextlib.contextmanager
+def one_worker_thread() -> Iterator[None]:
+    """torch limited to one thread: one DataLoader worker's budget."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def worker_seconds(datasets: Sequence[Any], repeats: int, same_draws: bool = False) -> list[float]:
+    """One loader worker's CPU seconds (``time.thread_time``, one torch thread) to produce every
+    item of each of ``datasets`` (all of the same length), timed side by side: item by item,
+    rotating which dataset goes first, each item's time the median of ``repeats`` (drops
+    one-off stalls from other processes). ``same_draws`` reseeds torch before every call so
+    that every dataset gets the same random augmentation of an item."""
+    n = len(datasets[0])
+    seconds = [0.0] * len(datasets)
+    with one_worker_thread():
+        torch.manual_seed(0)
+        for i in range(min(4, n)):  # warm-up: imports, allocator, PIL plugin init
+            for dataset in datasets:
+                dataset[i]
+        for i in range(n):
+            # Rotate who goes first so that cache/frequency effects do not favour one variant.
+            order = [(i + j) % len(datasets) for j in range(len(datasets))]
+            per_image: list[list[float]] = [[] for _ in datasets]
+            for repeat in range(repeats):
+                for j in order:
+                    if same_draws:
+                        torch.manual_seed(1000 * i + repeat)
+                    start = time.thread_time()
+                    datasets[j][i]
+                    per_image[j].append(time.thread_time() - start)
+            for j, values in enumerate(per_image):
+                seconds[j] += float(np.median(values))
+    return seconds
+
+
 def _measure(
     folder: Path, img_size: int, decode_sizes: tuple, size: dict, repeats: int
 ) -> list[dict]:
@@ -120,29 +163,7 @@ def _measure(
     }
     n = len(baseline)
     megabytes = _warm_page_cache([p for p, _ in baseline.samples]) / 1e6
-    datasets = [baseline, *ours.values()]
-    seconds = [0.0] * len(datasets)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one DataLoader worker's budget
-    try:
-        torch.manual_seed(0)
-        for i in range(min(4, n)):  # warm-up: imports, allocator, PIL plugin init
-            for dataset in datasets:
-                dataset[i]
-        for i in range(n):
-            # Rotate who goes first so that cache/frequency effects do not favour one variant.
-            order = [(i + j) % len(datasets) for j in range(len(datasets))]
-            per_image: list[list[float]] = [[] for _ in datasets]
-            for _ in range(repeats):
-                for j in order:
-                    start = time.thread_time()
-                    datasets[j][i]
-                    per_image[j].append(time.thread_time() - start)
-            for j, values in enumerate(per_image):
-                # The median of a few repeats drops one-off stalls from other processes.
-                seconds[j] += float(np.median(values))
-    finally:
-        torch.set_num_threads(threads)
+    seconds = worker_seconds([baseline, *ours.values()], repeats)
     torchvision_ips = n / seconds[0]
     rows = []
     for decode_size, elapsed in zip(ours, seconds[1:], strict=True):

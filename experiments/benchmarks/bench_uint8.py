@@ -32,7 +32,14 @@ import numpy as np
 import torch
 from torchvision.datasets import ImageFolder
 
-from experiments.benchmarks.bench_input import FULL, QUICK, _warm_page_cache, make_jpegs
+from experiments.benchmarks.bench_input import (
+    FULL,
+    QUICK,
+    _warm_page_cache,
+    make_jpegs,
+    one_worker_thread,
+    worker_seconds,
+)
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.transforms import normalize_batch, train_transform
 
@@ -71,27 +78,10 @@ def _measure(
     ]
     n = len(samples)
     _warm_page_cache([p for p, _ in samples])
-    seconds = [0.0, 0.0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one DataLoader worker's budget
-    try:
-        for i in range(min(4, n)):  # warm-up: imports, allocator, PIL plugin init
-            for dataset in datasets:
-                dataset[i]
-        for i in range(n):
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            per_image: list[list[float]] = [[], []]
-            for repeat in range(repeats):
-                for j in order:
-                    torch.manual_seed(1000 * i + repeat)  # the same crop for both pipelines
-                    start = time.thread_time()
-                    datasets[j][i]
-                    per_image[j].append(time.thread_time() - start)
-            for j, values in enumerate(per_image):
-                seconds[j] += float(np.median(values))  # drops one-off stalls
+    # the same crop for both pipelines: reseeded before every call
+    seconds = worker_seconds(datasets, repeats, same_draws=True)
+    with one_worker_thread():
         normalize_ms = _normalize_cpu_ms(img_size)
-    finally:
-        torch.set_num_threads(threads)
     float_ips, uint8_ips = n / seconds[0], n / seconds[1]
     values = 3 * img_size * img_size
     return {
