@@ -159,3 +159,25 @@ def digits_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits_checkpoint")
     overrides = [*TINY, "trainer.limit_train_batches=3", "logger=none"]
     return out, run(compose_config(overrides, output_dir=out))
+
+
+def run_app_sweep(monkeypatch, tmp_path: Path, app: dict, overrides: list[str], task) -> None:
+    """``python app.py -m OVERRIDES`` for an app whose config (``app``, stored in Hydra's
+    ConfigStore) searches the project's conf/, in this process, through hydra.main: launchers
+    and sweepers run as from the command line, without an interpreter start-up."""
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    ConfigStore.instance().store(name="sweep_app", node=app)
+    main = hydra.main(version_base="1.3", config_path=str(CONF), config_name="sweep_app")
+    argv = ["sweep_app", "-m", *overrides, "hydra/job_logging=disabled"]
+    argv += ["hydra/hydra_logging=disabled"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(tmp_path)
+    try:
+        main(task)()
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
-import hydra
 import pytest
 import tomllib
 import yaml
-from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
+from conftest import run_app_sweep
 from hydra.core.hydra_config import HydraConfig
 
 from ranking_reg.launchers import device_pool
@@ -131,18 +128,10 @@ def pinned_task(cfg) -> int:
 
 
 def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str]) -> None:
-    """``app.py -m OVERRIDES`` in this process through hydra.main (as tests/test_launchers.py)."""
-    ConfigStore.instance().store(name="gpu_pool_app", node={"seed": 0})
-    app = hydra.main(version_base="1.3", config_path=str(CONF), config_name="gpu_pool_app")
-    argv = ["gpu_pool_app", "-m", "hydra/launcher=gpu_pool", *overrides]
-    argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.chdir(tmp_path)
-    try:
-        app(pinned_task)()
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
+    """``app.py -m hydra/launcher=gpu_pool OVERRIDES`` in this process (conftest.run_app_sweep)."""
+    run_app_sweep(
+        monkeypatch, tmp_path, {"seed": 0}, ["hydra/launcher=gpu_pool", *overrides], pinned_task
+    )
 
 
 def test_devices_auto_without_a_gpu_is_an_error_naming_the_option(

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-import hydra
 import pytest
 import yaml
+from conftest import run_app_sweep
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -88,20 +85,8 @@ def trivial_task(cfg) -> float:
 
 
 def run_sweep(monkeypatch, tmp_path: Path, overrides: list[str], task=trivial_task) -> None:
-    """``python app.py -m OVERRIDES`` for an app whose config path is the project's conf/, in
-    this process, through hydra.main: the plugins run as from the command line, without an
-    interpreter start-up."""
-    ConfigStore.instance().store(name="launcher_app", node=APP)
-    app = hydra.main(version_base="1.3", config_path=str(CONF), config_name="launcher_app")
-    argv = ["launcher_app", "-m", *overrides]
-    argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.chdir(tmp_path)
-    try:
-        app(task)()
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
+    """``python app.py -m OVERRIDES`` with the app config :data:`APP` (conftest.run_app_sweep)."""
+    run_app_sweep(monkeypatch, tmp_path, APP, overrides, task)
 
 
 @pytest.mark.slow  # starts two loky worker processes
