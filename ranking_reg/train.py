@@ -121,7 +121,8 @@ def _fit_and_test(cfg: DictConfig, extra_callbacks: list[Any] | None) -> dict[st
     test_ckpt = weights_to_test(cfg.get("test_ckpt", "auto"), datamodule)
     model = build_module(cfg, datamodule)
     if resume is not None:  # one paragraph for a foreign, truncated or mismatched file
-        check_resumable(read_checkpoint(resume), model.state_dict(), resume)
+        # mapped, not read: fit reads the weights again when it resumes
+        check_resumable(read_checkpoint(resume, mmap=True), model.state_dict(), resume)
     callbacks = [NonFiniteLossGuard(), *(extra_callbacks or [])]
     trainer = build_trainer(cfg, callbacks, monitoring=has_validation(datamodule))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)

@@ -34,9 +34,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_weights_only(path, map_location or "cpu")
 
 
-def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def load_weights_only(
+    path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False
+) -> Any:
     """``torch.load(path, weights_only=True)``; a missing, truncated or foreign file is a
-    :class:`ConfigError` naming it."""
+    :class:`ConfigError` naming it. ``mmap=True`` maps the tensors instead of reading them (for
+    a look at names and shapes only)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(
@@ -44,7 +47,7 @@ def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any
             " ranking_reg.train, e.g. <run dir>/checkpoints/last.ckpt."
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # truncated, not a torch file, foreign pickles: the user's to fix
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else "no detail"
         raise ConfigError(
@@ -54,10 +57,12 @@ def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any
         ) from None
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False
+) -> dict[str, Any]:
     """A checkpoint written by ``ranking_reg.train``; any other file is a :class:`ConfigError`."""
     path = os.fspath(path)
-    checkpoint = load_weights_only(path, map_location)
+    checkpoint = load_weights_only(path, map_location, mmap)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "run_config" not in hparams:
         raise ConfigError(
