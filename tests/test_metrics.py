@@ -188,6 +188,28 @@ def test_recall_and_map_at_r_match_definitions_with_ties_and_singletons(seed):
     assert "nmi" not in got
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_query_results_match_definitions(seed):
+    x, y = tied_set(seed)
+    per_query: dict = {}
+    got = retrieval_metrics(x, y, ks=(1, 4), nmi=False, per_query=per_query)
+    nbrs = ref_neighbours(x)
+    depth = min(max(4, max(int((y == c).sum()) - 1 for c in y)), len(y) - 1)
+    for i in range(len(y)):
+        same = [rank for rank, j in enumerate(nbrs[i]) if y[j] == y[i]]
+        r = len(same)
+        expected_first = same[0] if same and same[0] < depth else depth
+        assert int(per_query["first_hit"][i]) == expected_first
+        if r == 0:
+            assert math.isnan(float(per_query["ap@r"][i]))
+        else:
+            ap = sum((n + 1) / (rank + 1) for n, rank in enumerate(s for s in same if s < r)) / r
+            assert float(per_query["ap@r"][i]) == pytest.approx(ap, abs=1e-12)
+    assert float((per_query["first_hit"] < 1).double().mean()) == got["recall@1"]
+    assert float((per_query["first_hit"] < 4).double().mean()) == got["recall@4"]
+    assert float(np.nanmean(per_query["ap@r"].numpy())) == pytest.approx(got["map@r"], abs=1e-12)
+
+
 def test_continuous_data_matches_definitions():
     x, y = blob_set(3, noise=2.0)
     got = retrieval_metrics(x, y, ks=(1, 3), nmi=False)

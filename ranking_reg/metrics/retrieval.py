@@ -49,6 +49,7 @@ def retrieval_metrics(
     max_iter: int = 20,
     chunk_size: int | None = None,
     backend: str = "auto",
+    per_query: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Recall@k for every k in ``ks``, MAP@R and (if ``nmi``) NMI of the embeddings.
 
@@ -74,6 +75,12 @@ def retrieval_metrics(
     Embeddings: (N, D) float tensor or array, N >= 2. Labels: N values of any kind.
     ``backend``: the BLAS of the kNN and k-means GEMMs, ``auto`` (= ``blas``, numpy's OpenBLAS)
     or ``torch`` (:mod:`~ranking_reg.metrics.gemm`).
+
+    ``per_query``: a dict to fill with each query's own results (for diagnostics such as
+    recall by class frequency or the worst queries): ``first_hit`` (N,) int64, the 0-based
+    rank of the nearest same-label item among the ``depth`` = max(max(ks), largest R)
+    neighbours searched (``depth`` when none is found; query i hits at k iff
+    ``first_hit[i] < k``), and ``ap@r`` (N,) float64, the query's AP@R (NaN when R = 0).
     """
     x = _as_embeddings(embeddings)
     n = len(x)
@@ -88,6 +95,7 @@ def retrieval_metrics(
     depth = min(max(max(ks), int(others.max())), n - 1)  # >= 1 as n >= 2
     first_hit = torch.empty(n, dtype=torch.int64)  # rank (0-based) of the first same-label item
     ap_sum = torch.zeros((), dtype=torch.float64)
+    ap_each = torch.full((n,), float("nan"), dtype=torch.float64) if per_query is not None else None
     ranks = torch.arange(1, depth + 1, dtype=torch.float64)
     for rows, nn_idx in _neighbour_chunks(x, depth, chunk_size, backend=backend):
         q_labels, r = y[rows], others[rows]
@@ -97,12 +105,17 @@ def retrieval_metrics(
         precision = rel.cumsum(dim=1, dtype=torch.float64) / ranks
         ap = (precision * rel).sum(dim=1)
         ap_sum += (ap[r > 0] / r[r > 0]).sum()
+        if ap_each is not None:
+            ap_each[rows] = torch.where(r > 0, ap / r.clamp(min=1), float("nan"))
 
     out: dict[str, float] = {}
     for k in ks:
         out[f"recall@{k}"] = float((first_hit < min(k, depth)).double().mean())
     has_others = int((others > 0).sum())
     out["map@r"] = float(ap_sum / has_others) if has_others else float("nan")
+    if per_query is not None:
+        per_query["first_hit"] = first_hit
+        per_query["ap@r"] = ap_each
 
     if nmi:
         clusters, _ = kmeans(
