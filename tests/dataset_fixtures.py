@@ -68,14 +68,18 @@ def _struct(rows: list[dict]) -> np.ndarray:
 
 # -- FGVC-Aircraft --------------------------------------------------------------------------------
 
-AIRCRAFT_VARIANTS = ["707-320", "A300B4", "F/A-18", "Cessna 172", "DC-3"]
-AIRCRAFT_FAMILIES = ["Boeing 707", "A300", "F/A-18", "Cessna 172", "DC-3"]
-AIRCRAFT_MANUFACTURERS = ["Boeing", "Airbus", "McDonnell Douglas", "Cessna"]
-_AIRCRAFT_FAMILY_MANUFACTURER = [0, 1, 2, 3, 2]
+# The hierarchy (variant -> family -> manufacturer) is a tree as in the real dataset; two variants
+# share the family Boeing 737, two families share the manufacturer McDonnell Douglas.
+AIRCRAFT_VARIANTS = ["737-300", "737-800", "F/A-18", "Cessna 172", "DC-3"]
+AIRCRAFT_FAMILIES = ["Boeing 737", "F/A-18", "Cessna 172", "DC-3"]
+AIRCRAFT_MANUFACTURERS = ["Boeing", "Cessna", "McDonnell Douglas"]
+AIRCRAFT_VARIANT_FAMILY = [0, 0, 1, 2, 3]  # family id of each variant
+AIRCRAFT_FAMILY_MANUFACTURER = [0, 2, 1, 2]  # manufacturer id of each family
 
 
 def make_aircraft(root: str, per_class: int = 4, size: tuple[int, int] = (40, 50)) -> Expected:
-    """``fgvc-aircraft-2013b/data``: 5 variants, ``per_class`` images each, half trainval."""
+    """``fgvc-aircraft-2013b/data``: 5 variants, ``per_class`` images each, half trainval; the
+    images_{variant,family,manufacturer}_*.txt lists give each image its label at every level."""
     base = os.path.join(root, "fgvc-aircraft-2013b", "data")
     os.makedirs(os.path.join(base, "images"))
     for filename, names in (
@@ -96,8 +100,9 @@ def make_aircraft(root: str, per_class: int = 4, size: tuple[int, int] = (40, 50
             name = f"{image_id:07d}"
             path = write_jpeg(os.path.join(base, "images", f"{name}.jpg"), size, seed=image_id)
             split = "trainval" if k % 2 == 0 else "test"
-            family = AIRCRAFT_FAMILIES[label]
-            maker = AIRCRAFT_MANUFACTURERS[_AIRCRAFT_FAMILY_MANUFACTURER[label]]
+            family_id = AIRCRAFT_VARIANT_FAMILY[label]
+            family = AIRCRAFT_FAMILIES[family_id]
+            maker = AIRCRAFT_MANUFACTURERS[AIRCRAFT_FAMILY_MANUFACTURER[family_id]]
             for level, value in (("variant", variant), ("family", family), ("manufacturer", maker)):
                 lines.setdefault((level, split), []).append(f"{name} {value}\n")
             splits["train" if split == "trainval" else "test"].append((path, label))
@@ -262,27 +267,41 @@ def make_dogs(root: str, per_class: int = 4, lists_subdir: bool = False) -> Expe
 
 # -- NABirds --------------------------------------------------------------------------------------
 
-# Sparse ids: inner nodes of the hierarchy (0, 1, 22) have no images, leaves are 295, 313, 817.
+# Sparse ids, as in the real files: classes.txt names every node of hierarchy.txt ("<child id>
+# <parent id>", root 0), only the leaves with images are classes. The tree has two top-level groups
+# and leaves at depth 2 (295, 930) and 3 (313, 817, 900):
+#   0 Birds -> 1 Perching Birds -> 295 Bushtit
+#                               -> 22 Finches -> 313 Common Redpoll, 817 House Finch (Adult Male)
+#           -> 2 Ducks, Geese, and Swans -> 48 Mallard -> 900 Mallard (Breeding male)
+#                                        -> 930 Canada Goose
 NABIRDS_CLASSES = {
     0: "Birds",
     1: "Perching Birds",
+    2: "Ducks, Geese, and Swans",
     22: "Finches",
+    48: "Mallard",
     295: "Bushtit",
     313: "Common Redpoll",
     817: "House Finch (Adult Male)",
+    900: "Mallard (Breeding male)",
+    930: "Canada Goose",
 }
-NABIRDS_LEAVES = [295, 313, 817]
+NABIRDS_PARENT = {1: 0, 2: 0, 22: 1, 48: 2, 295: 1, 313: 22, 817: 22, 900: 48, 930: 2}
+NABIRDS_LEAVES = [295, 313, 817]  # the leaves with images by default
+NABIRDS_ALL_LEAVES = [295, 313, 817, 900, 930]
 
 
-def make_nabirds(root: str, per_class: int = 4) -> Expected:
-    """``nabirds/``: images/<class:04d>/<uuid>.jpg and the six .txt tables."""
+def make_nabirds(root: str, per_class: int = 4, leaves: list[int] | None = None) -> Expected:
+    """``nabirds/``: images/<class:04d>/<uuid>.jpg and the six .txt tables; images for the
+    ``leaves`` (default :data:`NABIRDS_LEAVES`), the whole tree in hierarchy.txt/classes.txt."""
+    leaves = sorted(NABIRDS_LEAVES if leaves is None else leaves)
     base = os.path.join(root, "nabirds")
     rng = np.random.default_rng(3)
     images, labels, split_lines, box_lines = [], [], [], []
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     boxes = {}
     # Listed out of class order on purpose: the mapping must follow ids, not first appearance.
-    for label, class_id in sorted(enumerate(NABIRDS_LEAVES), key=lambda t: -t[1]):
+    for label, class_id in sorted(enumerate(leaves), key=lambda t: -t[1]):
         for k in range(per_class):
             hexid = "".join(rng.choice(list("0123456789abcdef"), 32))
             uuid = f"{hexid[:8]}-{hexid[8:12]}-{hexid[12:16]}-{hexid[16:20]}-{hexid[20:]}"
@@ -301,12 +320,12 @@ def make_nabirds(root: str, per_class: int = 4) -> Expected:
         "train_test_split.txt": split_lines,
         "bounding_boxes.txt": box_lines,
         "classes.txt": [f"{i} {n}\n" for i, n in NABIRDS_CLASSES.items()],
-        "hierarchy.txt": ["1 0\n", "22 1\n", "295 1\n", "313 22\n", "817 22\n"],
+        "hierarchy.txt": [f"{c} {p}\n" for c, p in NABIRDS_PARENT.items()],
     }
     for filename, content in tables.items():
         with open(os.path.join(base, filename), "w") as f:
             f.write("".join(content))
-    return Expected([NABIRDS_CLASSES[c] for c in NABIRDS_LEAVES], splits, boxes, base)
+    return Expected([NABIRDS_CLASSES[c] for c in leaves], splits, boxes, base)
 
 
 # -- bring-your-own: folder / csv -----------------------------------------------------------------

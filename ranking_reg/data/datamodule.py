@@ -7,6 +7,9 @@ split: there is no validation split (``val_dataset`` is None, ``has_validation``
 ``val_dataloader()`` returns an empty list, which Lightning takes as "no validation").
 ``imbalance_ratio`` long-tails what remains of train, never val or test. ``classes`` keeps one
 half of the classes in every split, relabelled (:mod:`ranking_reg.data.class_subset`).
+``class_hierarchy`` (after ``setup``): the coarser levels of the classes for FGVC-Aircraft and
+NABirds, relabelled like the classes, None for the other datasets
+(:mod:`ranking_reg.data.hierarchy`).
 Training batches are P x K (:class:`PKBatchSampler`, classes drawn by ``class_sampling``);
 ``augment`` picks the train/test preprocessing (:mod:`ranking_reg.data.transforms`); evaluation
 covers each split exactly once across processes (:class:`ShardedEvalSampler`).
@@ -38,13 +41,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ranking_reg.data.choices import GALLERIES
-from ranking_reg.data.class_subset import CLASS_SUBSETS, select_classes
+from ranking_reg.data.class_subset import CLASS_SUBSETS, kept_class_ids, select_classes
+from ranking_reg.data.hierarchy import ClassHierarchy, build_hierarchy
 from ranking_reg.data.pk_sampler import PKBatchSampler, check_pk_batch
 from ranking_reg.data.samplers import ShardedEvalSampler
 from ranking_reg.data.seeded import SeededBatchSampler
 from ranking_reg.data.splits import SplitView, stratified_split
 from ranking_reg.data.transforms import eval_transform, normalize_batch, train_transform
-from ranking_reg.utils.errors import ConfigError
+from ranking_reg.utils.errors import ConfigError, DataError
 
 
 class FGVRDataModule(L.LightningDataModule):
@@ -124,6 +128,7 @@ class FGVRDataModule(L.LightningDataModule):
         self.val_dataset: SplitView | None = None
         self.test_dataset: SplitView | None = None
         self.gallery_dataset: SplitView | None = None
+        self.class_hierarchy: ClassHierarchy | None = None  # set by setup()
 
     # -- datasets ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -136,6 +141,7 @@ class FGVRDataModule(L.LightningDataModule):
             options["split_seed"] = self.split_seed  # folder/csv: their train/test split
         train_base = build_dataset(self.name, self.root, "train", **options)
         test_base = build_dataset(self.name, self.root, "test", **options)
+        self.class_hierarchy = self._class_hierarchy(len(train_base.classes))
         train_base = select_classes(train_base, self.class_subset)
         test_base = select_classes(test_base, self.class_subset)
         if list(train_base.classes) != list(test_base.classes):
@@ -173,6 +179,20 @@ class FGVRDataModule(L.LightningDataModule):
             self.val_dataset = (
                 SplitView(train_base, val_idx, evaluation) if self.has_validation else None
             )
+
+    def _class_hierarchy(self, num_classes: int) -> ClassHierarchy | None:
+        """The dataset's class hierarchy (aircraft, nabirds; else None), relabelled like the
+        classes by ``data.classes`` (:mod:`ranking_reg.data.hierarchy`)."""
+        hierarchy = build_hierarchy(self.name, self.root, **self.dataset_options)
+        if hierarchy is None:
+            return None
+        if hierarchy.num_classes != num_classes:
+            raise DataError(
+                f"data={self.name}: the class hierarchy read under {self.root} gives parents to "
+                f"{hierarchy.num_classes} classes but the dataset has {num_classes}; the files "
+                "come from different releases: unpack the dataset again."
+            )
+        return hierarchy.subset(kept_class_ids(num_classes, self.class_subset))
 
     @property
     def has_validation(self) -> bool:

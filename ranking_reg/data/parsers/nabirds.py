@@ -26,9 +26,23 @@ NAME = "nabirds"
 FOLDER = "nabirds"
 
 
-def _table(root: str, base: str, filename: str) -> dict[str, str]:
+def read_table(root: str, base: str, filename: str) -> dict[str, str]:
+    """``base/filename`` as {first column: rest of the line}."""
     path = require_file(NAME, root, os.path.join(base, filename))
     return {key: value.strip() for key, value in split_pairs(path)}
+
+
+def _class_ids(labels: dict[str, str], labels_file: str) -> list[int]:
+    try:
+        return sorted({int(v) for v in labels.values()})
+    except ValueError as error:
+        raise DataError(f"{labels_file} holds a non-integer class id; unpack it again.") from error
+
+
+def leaf_class_ids(root: str, base: str) -> list[int]:
+    """The NABirds ids of the classes (those with images), in label order (increasing id)."""
+    labels = read_table(root, base, "image_class_labels.txt")
+    return _class_ids(labels, os.path.join(base, "image_class_labels.txt"))
 
 
 def build(
@@ -41,15 +55,12 @@ def build(
 ) -> ImageListDataset:
     """NABirds' 555 leaf classes; ``use_bbox`` crops every image to its bird."""
     base = dataset_dir(NAME, root, FOLDER)
-    images = _table(root, base, "images.txt")
+    images = read_table(root, base, "images.txt")
     labels_file = os.path.join(base, "image_class_labels.txt")
-    labels = _table(root, base, "image_class_labels.txt")
-    is_train = _table(root, base, "train_test_split.txt")
-    names = _table(root, base, "classes.txt")
-    try:
-        class_ids = sorted({int(v) for v in labels.values()})
-    except ValueError as error:
-        raise DataError(f"{labels_file} holds a non-integer class id; unpack it again.") from error
+    labels = read_table(root, base, "image_class_labels.txt")
+    is_train = read_table(root, base, "train_test_split.txt")
+    names = read_table(root, base, "classes.txt")
+    class_ids = _class_ids(labels, labels_file)
     unnamed = [c for c in class_ids if str(c) not in names]
     if unnamed:
         raise DataError(
