@@ -89,6 +89,16 @@ def test_aircraft_variant_in_two_families_is_a_data_error(tmp_path):
         aircraft_hierarchy(str(tmp_path))
     _edit(str(base / "images_family_test.txt"), "1000028 DC-3", "1000028 Boeing 737")
     assert aircraft_hierarchy(str(tmp_path)).num_classes == 5
+    # 737-800 (both images) made by Cessna: each variant still has one manufacturer, but the
+    # family Boeing 737 now has two
+    _edit(str(base / "images_manufacturer_trainval.txt"), "1000021 Boeing", "1000021 Cessna")
+    _edit(str(base / "images_manufacturer_test.txt"), "1000028 Boeing", "1000028 Cessna")
+    with pytest.raises(DataError, match="not a tree.*family 'Boeing 737'.*'Boeing'.*'Cessna'"):
+        aircraft_hierarchy(str(tmp_path))
+    with open(base / "variants.txt", "a") as f:
+        f.write("747-400\n")  # a variant without images: its family is unknown
+    with pytest.raises(DataError, match=r"variant '747-400' of .*variants.txt has no image"):
+        aircraft_hierarchy(str(tmp_path))
     os.remove(base / "images_manufacturer_test.txt")
     with pytest.raises(DataError, match="images_manufacturer_test.txt does not exist"):
         aircraft_hierarchy(str(tmp_path))

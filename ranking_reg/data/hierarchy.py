@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ranking_reg.data.parsers.aircraft import LEVELS as _AIRCRAFT_FILES
 from ranking_reg.utils.errors import DataError
 
 
@@ -112,61 +113,80 @@ def _image_labels(root: str, base: str, level: str) -> dict[str, tuple[str, str]
     return out
 
 
-def aircraft_hierarchy(root: str, level: str = "variant") -> ClassHierarchy | None:
-    """The levels above ``level`` of FGVC-Aircraft (module docstring), None for manufacturer."""
-    from ranking_reg.data.parsers._common import dataset_dir, read_lines, require_file
-    from ranking_reg.data.parsers.aircraft import FOLDER, LEVELS, NAME
+def _parent_map(
+    base: str,
+    finer: str,
+    coarser: str,
+    labels: dict[str, dict[str, tuple[str, str]]],
+    names: dict[str, list[str]],
+) -> dict[str, str]:
+    """{name at ``finer``: its one parent at ``coarser``}, from the images labelled at both."""
+    coarse_file = os.path.join(base, _AIRCRAFT_FILES[coarser])
+    known = set(names[coarser])
+    out: dict[str, tuple[str, str]] = {}  # finer name -> (coarser name, an image that says so)
+    for image_id, (child, child_file) in labels[finer].items():
+        if image_id not in labels[coarser]:
+            raise DataError(
+                f"image {image_id} has the {finer} {child!r} in {child_file} but no {coarser} in "
+                f"images_{coarser}_trainval.txt or images_{coarser}_test.txt under {base}; the "
+                "annotation files come from different versions: unpack the dataset again."
+            )
+        parent, parent_file = labels[coarser][image_id]
+        if parent not in known:
+            raise DataError(
+                f"{parent_file} names the {coarser} {parent!r}, which is not in {coarse_file}; "
+                "the annotation files come from different versions: unpack the dataset again."
+            )
+        if child in out and out[child][0] != parent:
+            other, other_image = out[child]
+            raise DataError(
+                f"the class hierarchy of FGVC-Aircraft is not a tree: the {finer} {child!r} "
+                f"belongs to the {coarser} {other!r} (image {other_image}) and to the {coarser} "
+                f"{parent!r} (image {image_id}, {parent_file}); each {finer} must belong to "
+                f"exactly one {coarser}: the annotation files are damaged or mixed, unpack the "
+                "dataset again."
+            )
+        out.setdefault(child, (parent, image_id))
+    return {child: parent for child, (parent, _) in out.items()}
 
-    chain = list(LEVELS)  # variant, family, manufacturer: finer to coarser
+
+def aircraft_hierarchy(root: str, level: str = "variant") -> ClassHierarchy | None:
+    """The levels above ``level`` of FGVC-Aircraft (module docstring), None for manufacturer.
+
+    Each level's parent is read one step at a time (variant -> family, family -> manufacturer),
+    each step checked to give one parent per child, so the levels form a tree.
+    """
+    from ranking_reg.data.parsers._common import dataset_dir, read_lines, require_file
+    from ranking_reg.data.parsers.aircraft import FOLDER, NAME
+
+    chain = list(_AIRCRAFT_FILES)  # variant, family, manufacturer: finer to coarser
     if level not in chain:
         return None  # the parser reports the unknown level when it builds the dataset
-    coarse = chain[chain.index(level) + 1 :]
-    if not coarse:
+    used = chain[chain.index(level) :]
+    if len(used) == 1:
         return None
     base = dataset_dir(NAME, root, FOLDER)
-    class_lists: dict[str, list[str]] = {}
-    for lvl in [level, *coarse]:
-        path = require_file(NAME, root, os.path.join(base, LEVELS[lvl]), "class list")
-        class_lists[lvl] = [line.strip() for line in read_lines(path)]
-    fine_labels = _image_labels(root, base, level)
+    names: dict[str, list[str]] = {}
+    for lvl in used:
+        path = require_file(NAME, root, os.path.join(base, _AIRCRAFT_FILES[lvl]), "class list")
+        names[lvl] = [line.strip() for line in read_lines(path)]
+    labels = {lvl: _image_labels(root, base, lvl) for lvl in used}
+    current = {c: c for c in names[level]}  # class -> its ancestor's name at the level reached
     parents: dict[str, list[int]] = {}
-    for lvl in coarse:
-        coarse_labels = _image_labels(root, base, lvl)
-        coarse_file = os.path.join(base, LEVELS[lvl])
-        index = {name: i for i, name in enumerate(class_lists[lvl])}
-        seen: dict[str, tuple[str, str]] = {}  # fine name -> (coarse name, image id)
-        for image_id, (fine, fine_file) in fine_labels.items():
-            if image_id not in coarse_labels:
-                raise DataError(
-                    f"image {image_id} has the {level} {fine!r} in {fine_file} but no {lvl} in "
-                    f"images_{lvl}_trainval.txt or images_{lvl}_test.txt under {base}; the "
-                    "annotation files come from different versions: unpack the dataset again."
-                )
-            parent, parent_file = coarse_labels[image_id]
-            if parent not in index:
-                raise DataError(
-                    f"{parent_file} names the {lvl} {parent!r}, which is not in {coarse_file}; "
-                    "the annotation files come from different versions: unpack the dataset again."
-                )
-            if fine in seen and seen[fine][0] != parent:
-                other, other_image = seen[fine]
-                raise DataError(
-                    f"the class hierarchy of FGVC-Aircraft is not a tree: the {level} {fine!r} "
-                    f"belongs to the {lvl} {other!r} (image {other_image}) and to the {lvl} "
-                    f"{parent!r} (image {image_id}, {parent_file}); each {level} must belong to "
-                    f"exactly one {lvl}: the annotation files are damaged or mixed, unpack the "
-                    "dataset again."
-                )
-            seen.setdefault(fine, (parent, image_id))
-        orphans = [c for c in class_lists[level] if c not in seen]
-        if orphans:
+    for finer, coarser in zip(used, used[1:], strict=False):
+        up = _parent_map(base, finer, coarser, labels, names)
+        orphans = [c for c in names[level] if current[c] not in up]
+        if orphans:  # only possible at the first step: a class with no image
             raise DataError(
-                f"the {level} {orphans[0]!r} of {os.path.join(base, LEVELS[level])} has no image "
-                f"in images_{level}_trainval.txt or images_{level}_test.txt, so its {lvl} is "
-                "unknown; unpack the dataset again."
+                f"the {level} {orphans[0]!r} of {os.path.join(base, _AIRCRAFT_FILES[level])} has "
+                f"no image in images_{level}_trainval.txt or images_{level}_test.txt, so its "
+                f"{coarser} is unknown; unpack the dataset again."
             )
-        parents[lvl] = [index[seen[c][0]] for c in class_lists[level]]
-    return ClassHierarchy(tuple(coarse), parents, {lvl: class_lists[lvl] for lvl in coarse})
+        current = {c: up[name] for c, name in current.items()}
+        index = {name: i for i, name in enumerate(names[coarser])}
+        parents[coarser] = [index[current[c]] for c in names[level]]
+    coarse = tuple(used[1:])
+    return ClassHierarchy(coarse, parents, {lvl: names[lvl] for lvl in coarse})
 
 
 # -- NABirds ---------------------------------------------------------------------------------------
