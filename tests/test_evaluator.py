@@ -17,6 +17,8 @@ from ranking_reg.metrics import (
     retrieval_metrics,
     shot_accuracy,
 )
+from ranking_reg.metrics.calibration import expected_calibration_error
+from ranking_reg.metrics.geometry import embedding_geometry
 
 N_CLASSES = 5
 BASE_KEYS = {
@@ -29,6 +31,17 @@ BASE_KEYS = {
     "pooled_recall@1",
     "pooled_map@r",
     "pooled_nmi",
+    # the diagnostics (tests/test_diagnostics.py checks their values)
+    "intra_dist",
+    "inter_dist",
+    "intra_inter_ratio",
+    "pooled_intra_dist",
+    "pooled_inter_dist",
+    "pooled_intra_inter_ratio",
+}
+# Recall@1 by frequency group, with train_class_counts
+SHOT_RECALL_KEYS = {
+    f"{prefix}{group}_recall@1" for prefix in ("", "pooled_") for group in ("many", "medium", "few")
 }
 
 
@@ -116,9 +129,12 @@ def test_out_of_order_batches_of_two_ranks_equal_the_metrics_of_the_sorted_split
     expected = classification_metrics(ref["logits"], ref["labels"], N_CLASSES)
     expected.update(retrieval_metrics(outputs["embeddings"], outputs["labels"], seed=3))
     pooled = retrieval_metrics(outputs["pooled"], outputs["labels"], ks=(1,), seed=3)
+    pooled.update(embedding_geometry(outputs["pooled"], outputs["labels"]))
     expected.update({f"pooled_{k}": v for k, v in pooled.items()})
+    expected.update(embedding_geometry(outputs["embeddings"], outputs["labels"]))
+    expected["ece"] = expected_calibration_error(ref["logits"], ref["labels"])
     assert result.metrics == expected
-    assert set(result.metrics) == BASE_KEYS | {"acc", "macro_acc"}
+    assert set(result.metrics) == BASE_KEYS | {"acc", "macro_acc", "ece"}
     assert 0.2 < result.metrics["recall@1"] < 1.0 and 0.2 < result.metrics["acc"] < 1.0
     # Top-1 accuracy counted by hand.
     hits = (outputs["logits"].argmax(1) == outputs["labels"]).sum()
@@ -175,7 +191,9 @@ def test_shot_accuracy_only_with_train_class_counts():
     assert got["many_acc"] == pytest.approx(0.75)
     assert got["medium_acc"] == pytest.approx(0.75)
     assert got["few_acc"] == 0.0
-    assert got == pytest.approx({**without, **shot_accuracy(preds, labels, [150, 50, 50, 5])})
+    assert SHOT_RECALL_KEYS <= set(got)
+    got_acc = {k: v for k, v in got.items() if k not in SHOT_RECALL_KEYS}
+    assert got_acc == pytest.approx({**without, **shot_accuracy(preds, labels, [150, 50, 50, 5])})
     # The bounds are the constructor's: with few_shot=60 classes 1 and 2 are few-shot too.
     evaluator = Evaluator(ks=(1,), many_shot=100, few_shot=60)
     evaluator.train_class_counts = [150, 50, 50, 5]

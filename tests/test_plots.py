@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 
 from ranking_reg.lightning.plot_callback import PLOT_NAMES, PlotCallback, render_plots, save_png
-from ranking_reg.metrics import EvaluationResult, Evaluator, notify_evaluation_end
+from ranking_reg.metrics import (
+    EvaluationResult,
+    Evaluator,
+    notify_evaluation_end,
+    retrieval_metrics,
+)
 from ranking_reg.reporting import plots
 from ranking_reg.utils.errors import ConfigError
 
@@ -76,20 +81,25 @@ def fixed_result(stage: str = "val", classify: bool = True) -> EvaluationResult:
 
     Point 2 (class 1) sits closer to point 1 (class 0) than to its own class mate 3: its first
     neighbour is the wrong point 1, its second the right point 3. Predictions 0,0,0,1,2,2,3,2:
-    per-class accuracy 1, 1/2, 1, 1/2. Dataset positions 100..107.
+    per-class accuracy 1, 1/2, 1, 1/2. Dataset positions 100..107. ``per_query``: the
+    retrieval pass's per-query first hits and AP@R, as the evaluator hands them on.
     """
     pos = np.array([0.0, 1.0, 1.6, 3.0, 10.0, 10.5, 20.0, 20.4])
     emb = torch.tensor(np.stack([pos, np.zeros_like(pos)], 1), dtype=torch.float32)
     preds = np.array([0, 0, 0, 1, 2, 2, 3, 2])
     logits = torch.tensor(np.eye(4)[preds] * 5.0, dtype=torch.float32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    per_query: dict[str, torch.Tensor] = {}
+    retrieval_metrics(emb, labels, ks=(1,), nmi=False, per_query=per_query)
     return EvaluationResult(
         stage=stage,
         metrics={},
         embeddings=emb,
         pooled=emb,
         logits=logits if classify else None,
-        labels=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+        labels=labels,
         positions=torch.arange(8) + 100,
+        per_query=per_query,
     )
 
 
@@ -132,11 +142,15 @@ def test_render_plots_without_class_head_draws_only_embedding_pictures():
     result = fixed_result(classify=False)
     dataset = FakeDataset(result.labels.numpy(), 4)
     images = render_plots(result, dataset, n_queries=8, n_neighbors=2, thumb_size=32)
-    assert set(images) == {"retrieval_grid", "embedding_projection"}
+    assert set(images) == {
+        "retrieval_grid",
+        "worst_queries",
+        "pair_distances",
+        "embedding_projection",
+    }
     assert grid_border(images["retrieval_grid"], 2, 0) == plots.WRONG_COLOR
-    # Without a dataset: the projection alone, its colours those of the 4 classes.
-    (name,) = render_plots(result)
-    assert name == "embedding_projection"
+    # Without a dataset: no retrieval grids.
+    assert set(render_plots(result)) == {"pair_distances", "embedding_projection"}
 
 
 # -- per-class accuracy -------------------------------------------------------------------------
@@ -351,7 +365,7 @@ def test_on_evaluation_end_without_class_head(tmp_path):
     callback.on_evaluation_end(stand_in_trainer(), None, fixed_result(classify=False))
     assert sorted(os.listdir(tmp_path / "plots")) == sorted(
         f"val_{n}_{s}.png"
-        for n in ("retrieval_grid", "embedding_projection")
+        for n in ("retrieval_grid", "worst_queries", "pair_distances", "embedding_projection")
         for s in ("epoch000", "latest")
     )
 

@@ -203,6 +203,14 @@ SCHEMA: dict[str, Rule] = {
     ),
     "regularizer.alpha": number(0, 1, note="the centre update rate"),
     "regularizer.cross_device": boolean(),
+    # regularizer=pml and its presets (ranking_reg/losses/pml_regularizer.py)
+    "regularizer.memory_size": integer(
+        1, note="embeddings in PML's CrossBatchMemory, >= the global batch", null="no memory"
+    ),
+    "regularizer.param_lr_scale": number(
+        0, lo_open=True, note="lr of the loss's own parameters (proxies, centres) / optimizer.lr"
+    ),
+    "regularizer.param_weight_decay": number(0, note="for the loss's own parameters"),
     # -- model (conf/model/two_head.yaml: the net's keys under model.net)
     "model.net.num_classes": integer(1, null="taken from the data"),
     "model.net.embedding_dim": EMBEDDING_DIM,
@@ -248,6 +256,11 @@ SCHEMA: dict[str, Rule] = {
     "trainer.enable_checkpointing": boolean(),
     "trainer.accumulate_grad_batches": integer(1),
     "trainer.gradient_clip_val": number(0, null="no clipping"),
+    # -- pictures (callbacks=[default] or plots); the other callbacks.plots.* keys are checked
+    # by PlotOptions when the callback is built
+    "callbacks.plots.n_worst_queries": integer(
+        0, note="rows of the worst-query grid, lowest AP@R first; 0 = no such grid"
+    ),
     # -- W&B (logger=wandb): how long a run waits for the server before going offline / at the end
     "logger.wandb.init_timeout": number(0, lo_open=True, note="seconds, then the run goes offline"),
     "logger.wandb.finish_timeout": number(0, note="seconds; 0 = wait as long as it takes"),

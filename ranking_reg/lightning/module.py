@@ -154,6 +154,8 @@ class RankingRegModule(L.LightningModule):
         long_tailed = getattr(datamodule, "imbalance_ratio", None) is not None
         if long_tailed and hasattr(datamodule, "train_class_counts"):
             self.evaluator.train_class_counts = list(datamodule.train_class_counts)
+        # hierarchy metrics (top1@<level>, ...) when the data names a class hierarchy
+        self.evaluator.configure_hierarchy(getattr(datamodule, "class_hierarchy", None))
 
     def _collect(self, batch: Any, stream: str = "query") -> None:
         images, labels, positions = batch

@@ -11,7 +11,9 @@ Each picture goes to ``<plots_dir>/<stage>_<name>_epoch<NNN>.png`` plus a ``..._
 copy (written whole via a temp file and ``os.replace``), whatever the logger, and to every
 W&B or TensorBoard logger as ``<stage>/<name>`` at the trainer's global step. Only global
 rank 0 draws; the sanity-check pass is skipped. Without a class head fitting the evaluated
-classes (``result.logits`` is None) only the retrieval grid and the projection are drawn.
+classes (``result.logits`` is None) only the embedding pictures are drawn (the retrieval grids,
+the pair distances and the projection); the worst-query grid needs the result's per-query AP@R
+(``result.per_query``, filled by the evaluator's retrieval pass).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
 from ranking_reg.metrics import EvaluationResult, nearest_neighbors, per_class_accuracy
+from ranking_reg.metrics.calibration import reliability_bins
+from ranking_reg.metrics.geometry import DEFAULT_MAX_PAIRS, pair_distance_sample
 from ranking_reg.reporting import plots
 from ranking_reg.utils.errors import ConfigError
 from ranking_reg.utils.io import atomic_writer
@@ -45,7 +49,8 @@ class PlotOptions:
     projection: str = "pca"  # pca | tsne
     max_points: int = 2000  # points in the projection (a seeded subset)
     thumb_size: int = 64  # retrieval grid tile size in pixels
-    seed: int = 0  # fixes the queries and the projected subset across epochs
+    seed: int = 0  # fixes the queries, the projected subset and the sampled pairs across epochs
+    n_worst_queries: int = 8  # rows of the worst-query grid (lowest AP@R); 0: no such grid
 
     def __post_init__(self) -> None:
         if self.projection not in plots.PROJECTIONS:
@@ -61,6 +66,11 @@ class PlotOptions:
             "thumb_size",
         ):
             _check_positive(key, getattr(self, key))
+        if int(self.n_worst_queries) < 0:
+            raise ConfigError(
+                f"callbacks.plots.n_worst_queries={self.n_worst_queries} must be an integer >= 0"
+                " (0 draws no worst-query grid)."
+            )
 
 
 def _check_positive(key: str, value: Any) -> None:
@@ -102,23 +112,41 @@ def render_plots(
     images: dict[str, Image.Image] = {}
     if dataset is not None and hasattr(dataset, "load_image") and len(labels) > 1:
         queries = plots.select_queries(labels, opts.n_queries, seed=opts.seed)
+        ap = _per_query_ap(result, len(labels))
+        worst = (
+            plots.select_worst_queries(ap, opts.n_worst_queries)
+            if ap is not None and opts.n_worst_queries
+            else np.zeros(0, dtype=np.int64)
+        )
         k = min(opts.n_neighbors, len(labels) - 1)
-        neighbors = nearest_neighbors(emb, k, queries=queries).numpy()
-        correct = labels[neighbors] == labels[queries][:, None]
+        # one neighbour search for both grids' queries (a few rows, not a second kNN pass)
+        found = nearest_neighbors(emb, k, queries=np.concatenate([queries, worst])).numpy()
 
         def caption(i: int) -> str:
             return names[labels[i]] if names else str(labels[i])
 
-        images["retrieval_grid"] = plots.retrieval_grid(
-            [dataset.load_image(int(indices[q])) for q in queries],
-            [[dataset.load_image(int(indices[j])) for j in row] for row in neighbors],
-            correct,
-            thumb_size=opts.thumb_size,
-            captions=[
-                [caption(q)] + [caption(j) for j in row]
-                for q, row in zip(queries, neighbors, strict=True)
-            ],
+        def grid(rows: np.ndarray, neighbors: np.ndarray, first: list[str]) -> Image.Image:
+            return plots.retrieval_grid(
+                [dataset.load_image(int(indices[q])) for q in rows],
+                [[dataset.load_image(int(indices[j])) for j in row] for row in neighbors],
+                labels[neighbors] == labels[rows][:, None],
+                thumb_size=opts.thumb_size,
+                captions=[
+                    [head] + [caption(j) for j in row]
+                    for head, row in zip(first, neighbors, strict=True)
+                ],
+            )
+
+        images["retrieval_grid"] = grid(
+            queries, found[: len(queries)], [caption(q) for q in queries]
         )
+        if len(worst):
+            assert ap is not None
+            images["worst_queries"] = grid(
+                worst,
+                found[len(queries) :],
+                [f"AP{ap[q]:.2f} {caption(q)}" for q in worst],
+            )
     if logits is not None:
         preds = logits.argmax(1)
         counts = list(train_counts) if train_counts is not None else []
@@ -133,6 +161,26 @@ def render_plots(
         images["confusion_matrix"] = plots.confusion_matrix_plot(
             cm, shown, names, title=f"{stage} confusion"
         )
+        bins = reliability_bins(logits, labels)
+        images["reliability_diagram"] = plots.reliability_diagram(
+            bins.edges.numpy(),
+            bins.counts.numpy(),
+            bins.accuracy.numpy(),
+            bins.confidence.numpy(),
+            bins.ece,
+            title=f"{stage} reliability",
+        )
+    if len(labels) > 1:
+        positive, negative, sampled = pair_distance_sample(
+            emb, labels, max_pairs=DEFAULT_MAX_PAIRS, seed=opts.seed
+        )
+        images["pair_distances"] = plots.pair_distance_histogram(
+            positive,
+            negative,
+            sampled,
+            max_pairs=DEFAULT_MAX_PAIRS,
+            title=f"{stage} embedding pair distances",
+        )
     coords, idx = plots.project_2d(emb, opts.projection, max_points=opts.max_points, seed=opts.seed)
     images["embedding_projection"] = plots.embedding_projection_plot(
         coords,
@@ -142,6 +190,17 @@ def render_plots(
         title=f"{stage} embeddings, {opts.projection.upper()}",
     )
     return images
+
+
+def _per_query_ap(result: Any, n: int) -> np.ndarray | None:
+    """The result's per-query AP@R (float64, NaN for R = 0), or None when it has none."""
+    per_query = getattr(result, "per_query", None)
+    if not per_query or per_query.get("ap@r") is None:
+        return None
+    value = per_query["ap@r"]
+    ap = value.detach().cpu().double().numpy() if hasattr(value, "detach") else np.asarray(value)
+    ap = ap.astype(np.float64)
+    return ap if len(ap) == n else None
 
 
 def save_png(image: Image.Image, *paths: str) -> None:

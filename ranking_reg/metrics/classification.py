@@ -7,7 +7,8 @@
 - ``many_acc`` / ``medium_acc`` / ``few_acc``: the class-averaged accuracy over the many-shot
   (> 100 training images), medium-shot (20..100) and few-shot (< 20) classes of Liu et al.,
   "Large-Scale Long-Tailed Recognition in an Open World", CVPR 2019 (the split of the
-  long-tailed variant of the experiments).
+  long-tailed variant of the experiments); ``many_recall@1`` / ... the retrieval Recall@1 of
+  the queries of those groups (:func:`shot_recall`).
 
 Counts come from torchmetrics' ``multiclass_accuracy`` (micro, and per class).
 """
@@ -92,14 +93,55 @@ def shot_accuracy(
     counts = torch.as_tensor(np.asarray(train_counts)).long()
     per_class = per_class_accuracy(preds, y, len(counts))
     present = ~per_class.isnan()
-    groups = {
-        "many_acc": counts > many,
-        "medium_acc": (counts >= few) & (counts <= many),
-        "few_acc": counts < few,
-    }
     out = {}
-    for key, members in groups.items():
+    for group, members in shot_groups(counts, many, few).items():
         members = members & present
         if members.any():
-            out[key] = float(per_class[members].mean())
+            out[f"{group}_acc"] = float(per_class[members].mean())
+    return out
+
+
+def shot_groups(train_counts: ArrayLike, many: int = 100, few: int = 20) -> dict[str, torch.Tensor]:
+    """The classes of each frequency group (Liu et al., CVPR 2019): ``many`` (> ``many``
+    training images), ``medium`` (``few``..``many``), ``few`` (< ``few``), as (C,) bool masks."""
+    counts = torch.as_tensor(np.asarray(train_counts)).long()
+    return {
+        "many": counts > many,
+        "medium": (counts >= few) & (counts <= many),
+        "few": counts < few,
+    }
+
+
+def shot_recall(
+    first_hit: ArrayLike,
+    labels: ArrayLike,
+    train_counts: ArrayLike,
+    k: int = 1,
+    many: int = 100,
+    few: int = 20,
+) -> dict[str, float]:
+    """Recall@k of the queries of many-, medium- and few-shot classes (:func:`shot_groups`).
+
+    ``first_hit[i]``: the 0-based rank of query i's first same-class neighbour, as
+    :func:`~ranking_reg.metrics.retrieval.retrieval_metrics` fills it (``per_query=``): query i
+    is recalled at k iff ``first_hit[i] < k``. A group's value is the fraction of its queries
+    recalled (over queries, like ``recall@k``, not averaged by class); a group without any query
+    is left out of the result, as in :func:`shot_accuracy`. Keys: ``many_recall@k``,
+    ``medium_recall@k``, ``few_recall@k``.
+    """
+    hit = torch.as_tensor(first_hit).long() < int(k)
+    y = torch.as_tensor(labels).long()
+    counts = torch.as_tensor(np.asarray(train_counts)).long()
+    if len(hit) != len(y):
+        raise ValueError(f"need one first_hit per label: {len(hit)} vs {len(y)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(counts)):
+        raise ValueError(
+            f"labels must be class ids in [0, {len(counts)}) to look up their train counts, got"
+            f" {int(y.min())}..{int(y.max())}"
+        )
+    out = {}
+    for group, members in shot_groups(counts, many, few).items():
+        queries = members[y]
+        if queries.any():
+            out[f"{group}_recall@{int(k)}"] = float(hit[queries].double().mean())
     return out

@@ -20,6 +20,24 @@ its own samples), orders them by the sample's position in the evaluated dataset 
   ``pooled_knn_acc@k``, the same vote with the pooled features (what a softmax-only network
   classifies by kNN with).
 
+Diagnostics (docs/DIAGNOSTICS.md), at validation and test alike, all O(N·D) or read off the
+retrieval pass already made (no second kNN):
+
+- ``ece``: the expected calibration error of the class head, 15 bins
+  (:mod:`~ranking_reg.metrics.calibration`, Guo et al., ICML 2017, Eq. 3), with the class head;
+- ``many_recall@1``, ``medium_recall@1``, ``few_recall@1`` (and ``pooled_...``): Recall@1 of
+  the queries of each frequency group (:func:`~ranking_reg.metrics.classification.shot_recall`),
+  with ``train_class_counts`` when the evaluated classes are the trained ones (``classify``);
+- ``intra_dist``, ``inter_dist``, ``intra_inter_ratio`` (and ``pooled_...``): the mean squared
+  distance of same-class and of different-class pairs and their ratio
+  (:mod:`~ranking_reg.metrics.geometry`);
+- the hierarchy metrics (``top1@<level>``, ``mistakes_within@<level>``, ... of
+  ``ranking_reg.metrics.hierarchy.hierarchy_metrics``) when a class hierarchy was configured
+  (:meth:`Evaluator.configure_hierarchy`) and the class head fits.
+
+The result also carries each query's ``first_hit`` and ``ap@r`` of the embedding head
+(``per_query``), from which the pictures draw the worst queries.
+
 Streams: ``update(..., stream=)`` files a batch under ``query`` (the evaluated split, default),
 ``gallery`` (the labelled gallery of the kNN metrics: the training split under the evaluation
 transform) or ``val`` (the validation queries that choose alpha). :meth:`Evaluator.reset` names
@@ -40,7 +58,13 @@ from typing import Any
 
 import torch
 
-from ranking_reg.metrics.classification import classification_metrics, shot_accuracy
+from ranking_reg.metrics.calibration import expected_calibration_error
+from ranking_reg.metrics.classification import (
+    classification_metrics,
+    shot_accuracy,
+    shot_recall,
+)
+from ranking_reg.metrics.geometry import embedding_geometry
 from ranking_reg.metrics.knn_classify import knn_classification_metrics
 from ranking_reg.metrics.retrieval import retrieval_metrics
 from ranking_reg.utils import distributed
@@ -65,6 +89,10 @@ class EvaluationResult:
     logits: torch.Tensor | None  # (N, num_classes) float32; None when not classify
     labels: torch.Tensor  # (N,) int64
     positions: torch.Tensor  # (N,) int64, index of the sample in the evaluated dataset, ascending
+    # the embedding head's per-query retrieval results: "first_hit" (N,) int64 and "ap@r" (N,)
+    # float64 (NaN for a query without another item of its class), as retrieval_metrics fills
+    # them; None for a result built without them
+    per_query: dict[str, torch.Tensor] | None = None
 
 
 class Evaluator:
@@ -75,7 +103,8 @@ class Evaluator:
     many/medium/few-shot split; ``knn_ks``, ``fuse_alpha``, ``fuse_grid``: the kNN
     classification against a gallery stream (:meth:`configure_knn`). Two plain attributes are
     set by the owner before :meth:`compute`: ``train_class_counts`` (training images per class,
-    or None) and ``classify`` (False when the class head does not fit the evaluated classes).
+    or None) and ``classify`` (False when the class head does not fit the evaluated classes);
+    :meth:`configure_hierarchy` sets the class hierarchy of the hierarchy metrics (None: off).
     """
 
     def __init__(
@@ -102,6 +131,7 @@ class Evaluator:
         self.configure_knn(knn_ks, fuse_alpha, fuse_grid)
         self.train_class_counts: list[int] | None = None
         self.classify: bool = True
+        self.hierarchy: Any = None
         self._streams: tuple[str, ...] = ("query",)
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {"query": []}
 
@@ -128,6 +158,12 @@ class Evaluator:
             if not grid or not all(0.0 <= a <= 1.0 for a in grid):
                 raise ValueError(f"fuse_grid must be a non-empty list in [0, 1], got {grid}")
             self.fuse_grid = grid
+
+    def configure_hierarchy(self, hierarchy: Any) -> None:
+        """Score the class head's predictions against ``hierarchy`` (a
+        ``ranking_reg.data.hierarchy.ClassHierarchy``) from the next :meth:`compute` on, with
+        ``ranking_reg.metrics.hierarchy.hierarchy_metrics``; None turns the metrics off."""
+        self.hierarchy = hierarchy
 
     def reset(self, streams: Sequence[str] = ("query",)) -> None:
         """Forget every batch collected so far; the next compute gathers ``streams`` (which
@@ -192,7 +228,8 @@ class Evaluator:
             pooled = out["pooled"].float()
             labels = out["labels"].long()
             logits = out["logits"] if self.classify else None
-            metrics = self._metrics(embeddings, pooled, logits, labels, num_classes)
+            per_query: dict[str, torch.Tensor] = {}
+            metrics = self._metrics(embeddings, pooled, logits, labels, num_classes, per_query)
             gallery = extra.get("gallery")
             if gallery is not None and len(gallery["labels"]):  # an empty gallery: no kNN
                 metrics.update(self._knn_metrics(embeddings, pooled, labels, logits, extra))
@@ -204,6 +241,7 @@ class Evaluator:
                 logits=logits,
                 labels=labels,
                 positions=out["positions"].long(),
+                per_query=per_query,
             )
         finally:
             self.reset()
@@ -261,13 +299,42 @@ class Evaluator:
         logits: torch.Tensor | None,
         labels: torch.Tensor,
         num_classes: int,
+        per_query: dict[str, torch.Tensor],
     ) -> dict[str, float]:
+        """The metrics of the query stream; fills ``per_query`` with the embedding head's
+        per-query retrieval results."""
         metrics: dict[str, float] = {}
         if logits is not None:
             metrics.update(classification_metrics(logits, labels, num_classes))
-        metrics.update(retrieval_metrics(embeddings, labels, ks=self.ks, seed=self.seed))
-        pooled_metrics = retrieval_metrics(pooled, labels, ks=self.pooled_ks, seed=self.seed)
+            metrics["ece"] = expected_calibration_error(logits, labels)
+        metrics.update(
+            retrieval_metrics(embeddings, labels, ks=self.ks, seed=self.seed, per_query=per_query)
+        )
+        pooled_per_query: dict[str, torch.Tensor] = {}
+        pooled_metrics = retrieval_metrics(
+            pooled, labels, ks=self.pooled_ks, seed=self.seed, per_query=pooled_per_query
+        )
+        # geometry of the pooled features too: the only trained embedding of a softmax-only run
+        pooled_metrics.update(embedding_geometry(pooled, labels))
+        metrics.update(embedding_geometry(embeddings, labels))
+        # the counts are of the training classes: only for an evaluation of those classes
+        if self.classify and self.train_class_counts is not None:
+            for prefix, found in (("", per_query), ("pooled_", pooled_per_query)):
+                groups = shot_recall(
+                    found["first_hit"],
+                    labels,
+                    self.train_class_counts,
+                    k=1,
+                    many=self.many_shot,
+                    few=self.few_shot,
+                )
+                metrics.update({f"{prefix}{key}": value for key, value in groups.items()})
         metrics.update({f"pooled_{key}": value for key, value in pooled_metrics.items()})
+        if logits is not None and self.hierarchy is not None:
+            # imported here: the hierarchy metrics are optional and built separately
+            from ranking_reg.metrics.hierarchy import hierarchy_metrics
+
+            metrics.update(hierarchy_metrics(logits.argmax(dim=1), labels, self.hierarchy))
         if logits is not None and self.train_class_counts is not None:
             metrics.update(
                 shot_accuracy(
