@@ -197,7 +197,29 @@ class RankingRegModule(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        """The optimizer (and per-step schedule) of every parameter.
+
+        Parameters the regularizer's loss owns (``regularizer.loss_parameters()``: PML proxies,
+        SoftTriple and triplet-center centres, ArcFace weights) get a second param group named
+        ``regularizer`` with lr = ``regularizer.param_lr_scale`` x the optimizer's lr (default
+        100: PML's and the Proxy-Anchor paper's practice of a much larger lr for proxies) and
+        weight decay ``regularizer.param_weight_decay`` (default 0: decay would pull class
+        centres/proxies towards the origin). The schedule scales both groups alike.
+        """
+        owned_fn = getattr(self.regularizer, "loss_parameters", None)
+        owned = list(owned_fn()) if callable(owned_fn) else []
+        if not owned:
+            optimizer = self.optimizer_factory(params=self.parameters())
+        else:
+            owned_ids = {id(p) for p in owned}
+            rest = [p for p in self.parameters() if id(p) not in owned_ids]
+            groups = [{"params": rest, "name": "model"}, {"params": owned, "name": "regularizer"}]
+            optimizer = self.optimizer_factory(params=groups)
+            # set before the scheduler is built: LambdaLR takes each group's lr as its base lr
+            group = optimizer.param_groups[1]
+            group["lr"] = optimizer.defaults["lr"] * float(self.regularizer.param_lr_scale)
+            if "weight_decay" in optimizer.defaults:
+                group["weight_decay"] = float(self.regularizer.param_weight_decay)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -1,4 +1,6 @@
-"""The embedding-head regularizers (``regularizer=none|triplet|center``), built by Hydra.
+"""The embedding-head regularizers (``regularizer=none|triplet|center``), built by Hydra; any
+pytorch-metric-learning loss (``regularizer=pml`` and its presets) is in
+:mod:`ranking_reg.losses.pml_regularizer`.
 
 This module only wires: the triplet rules live in :mod:`ranking_reg.losses.triplet`, center loss
 in :mod:`ranking_reg.losses.center`. A regularizer maps (embeddings, labels) of a training batch
@@ -181,11 +183,16 @@ class CenterRegularizer(nn.Module):
         return RegularizerOutput(loss=loss)
 
 
-Regularizer = NoRegularizer | TripletRegularizer | CenterRegularizer
+# Imported last: it builds on RegularizerOutput and global_batch above (the package's
+# __init__ imports this module first, so the cycle always resolves in this order).
+from ranking_reg.losses.pml_regularizer import PMLRegularizer  # noqa: E402
+
+Regularizer = NoRegularizer | TripletRegularizer | CenterRegularizer | PMLRegularizer
 
 __all__ = [
     "CenterRegularizer",
     "NoRegularizer",
+    "PMLRegularizer",
     "Regularizer",
     "RegularizerOutput",
     "TripletRegularizer",
