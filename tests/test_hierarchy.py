@@ -267,3 +267,37 @@ def test_metrics_by_hand_on_the_aircraft_hierarchy(aircraft_root):
     assert all(math.isnan(v) for v in empty.values())
     with pytest.raises(ValueError, match="outside 0..4"):
         hierarchy_metrics(torch.tensor([5]), torch.tensor([0]), h)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+def test_a_tiny_aircraft_run_writes_the_hierarchy_metrics(tmp_path):
+    import json
+
+    from conftest import TINY, compose_config
+
+    from ranking_reg.train import run
+
+    fx.make_aircraft(str(tmp_path / "data"), per_class=4)
+    overrides = [
+        *TINY,
+        "data=aircraft",
+        f"data.root={tmp_path / 'data'}",
+        "data.img_size=32",
+        "data.batch_size=4",
+        "data.samples_per_class=2",
+        "data.val_fraction=0",
+        "data.num_workers=0",
+        "metrics.knn.gallery=none",
+    ]
+    metrics = run(compose_config(overrides, output_dir=tmp_path / "run"))
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics, nan_ok=True)
+    levels = ("family", "manufacturer")
+    assert {f"test/{m}@{lvl}" for m in ("top1", "mistakes_within") for lvl in levels} <= set(
+        on_disk
+    )
+    # a right variant has the right family, a right family the right manufacturer
+    acc, family, maker = (on_disk[f"test/{k}"] for k in ("acc", "top1@family", "top1@manufacturer"))
+    assert 0.0 <= acc <= family <= maker <= 1.0
