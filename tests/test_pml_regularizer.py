@@ -183,6 +183,11 @@ def test_cross_batch_memory_holds_more_than_one_batch(digits, tmp_path):
     assert torch.allclose(stored.norm(dim=1), torch.ones(128), atol=1e-5)  # unit embeddings
     assert torch.count_nonzero(memory.embedding_memory[128:]) == 0
     assert all(g > 0 for g in probe.backbone_grad)
+    # the ring position travels with the memory through the state_dict (exact resume)
+    copy_ = PMLRegularizer(pml_losses.TripletMarginLoss(), memory_size=512, embedding_dim=256)
+    copy_.load_state_dict(module.regularizer.state_dict())
+    assert copy_.loss.queue_idx == 128 and not copy_.loss.has_been_filled
+    assert torch.equal(copy_.loss.embedding_memory, memory.embedding_memory)
 
 
 def test_active_fraction_is_the_share_of_non_zero_triplet_terms():

@@ -142,6 +142,10 @@ class PMLRegularizer(nn.Module):
                 inner, embedding_size=int(embedding_dim), memory_size=self.memory_size, miner=miner
             )
             self.miner = None
+            # CrossBatchMemory keeps its ring position in Python attributes, outside the
+            # state_dict: this buffer carries them through checkpoints (exact resume)
+            self.register_buffer("memory_cursor", torch.zeros(2, dtype=torch.long))
+            self.register_load_state_dict_post_hook(PMLRegularizer._restore_memory_cursor)
         self._param_grad_scale = 1.0
         self._active: torch.Tensor | None = None
         self._hook_loss_parameters()
@@ -158,6 +162,12 @@ class PMLRegularizer(nn.Module):
         """The loss's own trainable tensors (proxies, centres, class weights); [] for most
         pair/triplet losses."""
         return list(self.loss.parameters())
+
+    @staticmethod
+    def _restore_memory_cursor(module: PMLRegularizer, incompatible_keys: Any) -> None:
+        position, filled = (int(v) for v in module.memory_cursor.tolist())
+        module.loss.queue_idx = position
+        module.loss.has_been_filled = bool(filled)
 
     def _hook_loss_parameters(self) -> None:
         """Put :meth:`_scale_param_grad` on every loss-owned parameter that lacks it. Checked at
@@ -199,6 +209,8 @@ class PMLRegularizer(nn.Module):
                     " it enqueues each step; give a memory of several batches."
                 )
             loss = self.loss(embeddings, labels)
+            self.memory_cursor[0].fill_(self.loss.queue_idx)
+            self.memory_cursor[1].fill_(int(self.loss.has_been_filled))
         else:
             tuples = self.miner(embeddings, labels) if self.miner is not None else None
             loss = self.loss(embeddings, labels, tuples)
