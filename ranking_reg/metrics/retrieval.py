@@ -11,23 +11,44 @@
   a k-means clustering (:mod:`ranking_reg.metrics.kmeans`) of the embeddings with as many
   clusters as classes.
 
-Everything here is exact (brute-force kNN from :mod:`ranking_reg.metrics.knn`, no approximate
-index) and deterministic for a seed. Most of the time is float32 GEMMs (the kNN's keys, then
-the k-means assignments), run through numpy's OpenBLAS by default (:mod:`~ranking_reg.metrics.gemm`:
+Everything here is exact (brute-force kNN, no approximate index: the symmetric search of
+:mod:`ranking_reg.metrics.self_knn`, which computes each pair's distance once, with
+:mod:`ranking_reg.metrics.knn` as its reference) and deterministic for a seed. Most of the
+time is float32 GEMMs (the kNN's distances, then the k-means assignments), run through numpy's
+OpenBLAS by default (:mod:`~ranking_reg.metrics.gemm`:
 torch's MKL sgemm is ~2x slower on AMD CPUs); ``experiments/benchmarks/bench_eval.py`` times it
 against pytorch-metric-learning's ``AccuracyCalculator`` with faiss-cpu.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
+from ranking_reg.metrics.gemm import check_backend
 from ranking_reg.metrics.kmeans import kmeans
 from ranking_reg.metrics.knn import ArrayLike, _as_embeddings, _neighbour_chunks
+from ranking_reg.metrics.self_knn import self_neighbors
+
+
+def _self_search_chunks(
+    x: torch.Tensor, depth: int, chunk_size: int | None, backend: str
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(query slice, (rows, depth) neighbour indices) of every item's leave-one-out search:
+    the symmetric search of :mod:`~ranking_reg.metrics.self_knn` (half the GEMM) through
+    numpy's BLAS, or, with ``backend="torch"``, the reference chunked search through torch's
+    GEMM (:func:`~ranking_reg.metrics.knn.nearest_neighbors`)."""
+    if check_backend(backend) == "torch":
+        yield from _neighbour_chunks(x, depth, chunk_size, backend=backend)
+        return
+    idx = self_neighbors(x, depth, block_rows=chunk_size)
+    step = 4096
+    for start in range(0, len(x), step):
+        rows = slice(start, min(start + step, len(x)))
+        yield rows, idx[rows]
 
 
 def _encode_labels(labels: ArrayLike, n: int) -> torch.Tensor:
@@ -54,8 +75,9 @@ def retrieval_metrics(
     """Recall@k for every k in ``ks``, MAP@R and (if ``nmi``) NMI of the embeddings.
 
     Every item is a query against all the *other* items (Euclidean distance, exact kNN from
-    :func:`~.knn.nearest_neighbors`; ties go to the lower index). One kNN pass of depth
-    max(max(ks), largest R) feeds both Recall@k and MAP@R, chunk by chunk of queries.
+    :func:`~.self_knn.self_neighbors`, the same lists as :func:`~.knn.nearest_neighbors`;
+    ties go to the lower index). One kNN pass of depth max(max(ks), largest R) feeds both
+    Recall@k and MAP@R. ``chunk_size``: rows of one distance block.
 
     - ``recall@k``: fraction of all N queries with a same-label item among their k nearest.
       A query whose class has no other item can never be recalled and counts as a miss (it
@@ -73,8 +95,9 @@ def retrieval_metrics(
       convergence, ``max_iter=100``).
 
     Embeddings: (N, D) float tensor or array, N >= 2. Labels: N values of any kind.
-    ``backend``: the BLAS of the kNN and k-means GEMMs, ``auto`` (= ``blas``, numpy's OpenBLAS)
-    or ``torch`` (:mod:`~ranking_reg.metrics.gemm`).
+    ``backend``: the BLAS of the kNN and k-means GEMMs, ``auto`` (= ``blas``, numpy's OpenBLAS,
+    and the symmetric search) or ``torch`` (:mod:`~ranking_reg.metrics.gemm`; the reference
+    chunked search, every distance computed from both sides).
 
     ``per_query``: a dict to fill with each query's own results (for diagnostics such as
     recall by class frequency or the worst queries): ``first_hit`` (N,) int64, the 0-based
@@ -97,7 +120,7 @@ def retrieval_metrics(
     ap_sum = torch.zeros((), dtype=torch.float64)
     ap_each = torch.full((n,), float("nan"), dtype=torch.float64) if per_query is not None else None
     ranks = torch.arange(1, depth + 1, dtype=torch.float64)
-    for rows, nn_idx in _neighbour_chunks(x, depth, chunk_size, backend=backend):
+    for rows, nn_idx in _self_search_chunks(x, depth, chunk_size, backend):
         q_labels, r = y[rows], others[rows]
         hits = y[nn_idx] == q_labels.unsqueeze(1)  # (chunk, depth)
         first_hit[rows] = torch.where(hits.any(dim=1), hits.to(torch.int8).argmax(dim=1), depth)

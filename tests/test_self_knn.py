@@ -1,0 +1,96 @@
+"""The symmetric leave-one-out search (``ranking_reg.metrics.self_knn``) against the definition
+(a stable sort of float64 distances) and against the reference chunked search, across block
+layouts, ties, the fallback for degenerate data and the overflow error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ranking_reg.metrics import nearest_neighbors, retrieval_metrics, self_knn
+from ranking_reg.metrics.self_knn import self_neighbors
+
+
+def stable_sort_reference(x: np.ndarray, k: int) -> np.ndarray:
+    """The k first of every row sorted by (float64 squared distance, index), self excluded."""
+    x64 = x.astype(np.float64)
+    d = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(2)
+    np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "k", "block_rows"),
+    [(2, 1, 1, None), (37, 3, 5, None), (301, 3, 12, 40), (640, 2, 30, 97), (900, 4, 65, 128)],
+)
+def test_equals_the_definition_on_tied_integer_data(n, dim, k, block_rows):
+    # small integers: every float32 distance is exact, so ties are real and broken by index;
+    # blocks of 40-128 rows put most pairs in the column direction, and 301 = 7 * 40 + 21
+    # leaves a short first block
+    rng = np.random.default_rng(n)
+    x = rng.integers(-3, 4, size=(n, dim)).astype(np.float32)
+    got = self_neighbors(torch.from_numpy(x), k, block_rows=block_rows)
+    assert got.dtype == torch.int64 and got.shape == (n, k)
+    assert np.array_equal(got.numpy(), stable_sort_reference(x, k))
+
+
+@pytest.mark.parametrize("block_rows", [None, 64, 250])
+def test_equals_the_reference_search_on_continuous_data(block_rows):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = self_neighbors(torch.from_numpy(x), 40, block_rows=block_rows).numpy()
+    ref = stable_sort_reference(x, 40)
+    # the same lists except between items whose float64 distances are within float32 rounding
+    # (float32 ranks near-ties by its own rounding): compare the distances row by row
+    x64 = x.astype(np.float64)
+    rows = np.arange(len(x))[:, None]
+    dist_got = ((x64[rows] - x64[got]) ** 2).sum(2)
+    dist_ref = ((x64[rows] - x64[ref]) ** 2).sum(2)
+    assert np.abs(dist_got - dist_ref).max() < 1e-6
+    assert (got == ref).mean() > 0.999
+    assert (got == nearest_neighbors(x, 40).numpy()).mean() > 0.999
+
+
+def test_whole_set_and_duplicates():
+    # k = N - 1 (every other item); exact duplicates are distance-0 neighbours, the query is not
+    x = np.array([[0, 0], [1, 0], [0, 0], [3, 4], [1, 0]], dtype=np.float32)
+    got = self_neighbors(torch.from_numpy(x), 4, block_rows=2).numpy()
+    assert np.array_equal(got, stable_sort_reference(x, 4))
+    assert got[0, 0] == 2 and got[2, 0] == 0 and got[1, 0] == 4
+
+
+def test_degenerate_data_falls_back_to_the_reference(monkeypatch):
+    # 600 identical points: every distance ties, every bound keeps every value
+    calls = []
+    real = self_knn._search
+
+    def spy(*args):
+        try:
+            return real(*args)
+        except self_knn._TooManyCandidates:
+            calls.append("fallback")
+            raise
+
+    monkeypatch.setattr(self_knn, "_search", spy)
+    x = np.zeros((600, 3), dtype=np.float32)
+    got = self_neighbors(torch.from_numpy(x), 7, block_rows=50)
+    assert calls == ["fallback"]
+    assert np.array_equal(got.numpy(), stable_sort_reference(x, 7))
+
+
+def test_invalid_k_and_overflow():
+    x = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 4\]"):
+        self_neighbors(x, 5)
+    with pytest.raises(ValueError, match="overflow"):
+        self_neighbors(torch.full((6, 2), 3e38) * torch.arange(6.0)[:, None], 2)
+
+
+def test_retrieval_metrics_equal_with_both_searches_on_exact_data():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, size=(700, 3)).astype(np.float32)
+    y = rng.integers(0, 9, size=700)
+    fast = retrieval_metrics(x, y, ks=(1, 4, 16), nmi=False, chunk_size=96)
+    assert fast == retrieval_metrics(x, y, ks=(1, 4, 16), nmi=False, backend="torch")
