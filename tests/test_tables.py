@@ -235,7 +235,14 @@ def test_user_errors_name_the_file(tmp_path: Path, spec_file: Path) -> None:
 
 def test_project_specs_load_and_share_runs() -> None:
     names = {p.stem for p in SPECS}
-    assert names == {"classification", "imbalanced", "retrieval", "lambda_ablation"}
+    assert names == {
+        "classification",
+        "imbalanced",
+        "retrieval",
+        "lambda_ablation",
+        "zoo",
+        "zoo_longtail",
+    }
     for path in SPECS:
         for scale in SCALES:  # the paper section of every spec composes too
             spec = load_spec(path, scale)
@@ -250,6 +257,12 @@ def test_project_specs_load_and_share_runs() -> None:
     one = next(c for c in lam.cells() if c.level("lambda").key == "1.0")
     zero = next(c for c in lam.cells() if c.level("lambda").key == "0")
     assert one.key in cls and zero.key in cls  # smoke: λ = 1 and λ = 0 rows are shared
+    for scale in SCALES:  # the long-tailed zoo reads the zoo's long-tailed runs
+        zoo = {c.key for c in load_spec(by_name["zoo"], scale).cells()}
+        longtail = {c.key for c in load_spec(by_name["zoo_longtail"], scale).cells()}
+        assert longtail <= zoo if scale == "smoke" else not longtail & zoo
+    methods = [lv.key for lv in load_spec(by_name["zoo"], "smoke").factors["method"]]
+    assert len(methods) == 10 and {"triplet_center", "proxy_anchor", "xbm_triplet"} <= set(methods)
 
 
 def test_paper_cells_select_the_experiment_presets() -> None:
@@ -387,6 +400,17 @@ def test_a_level_can_read_its_runs_metrics_under_another_name(tmp_path: Path) ->
     (panel,) = table.panels
     means = {panel.row_labels[r]: e.ours()[0] for (r, _), e in panel.entries.items()}
     assert means == {"softmax": pytest.approx(90.0), "semihard": pytest.approx(50.0)}
+
+    # a classifier metric is never renamed: the softmax row's accuracy is its class head's
+    spec["metrics"].append({"key": "test/acc", "label": "acc", "classifier": True})
+    path.write_text(yaml.safe_dump(spec))
+    for name in ("a", "b"):
+        metrics_file = runs / name / "metrics.json"
+        metrics_file.write_text(json.dumps({**both, "test/acc": 0.7, "test/pooled_acc": 0.1}))
+    table = build_spec_table(load_spec(path, "smoke"), find_runs([runs]))
+    (panel,) = table.panels
+    accs = {panel.row_labels[r]: e.ours()[0] for (r, j), e in panel.entries.items() if j == 1}
+    assert accs == {"softmax": pytest.approx(70.0), "semihard": pytest.approx(70.0)}
 
 
 def test_signed_numbers_never_print_minus_zero() -> None:

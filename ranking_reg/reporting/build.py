@@ -127,7 +127,7 @@ def _cell_summaries(
     }
     for metric in spec.metrics:
         values, lost, seeds = [], list(lost_runs), []
-        logged = cell.metric_key(metric.key)
+        logged = cell.metric_key(metric.key, metric.classifier)
         for seed in cell.seeds:
             run = per_seed.get(seed)
             if run is None or not run.finished:

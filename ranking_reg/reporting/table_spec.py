@@ -53,6 +53,9 @@ class Metric:
     # the factor from the paper's printed number to the unit shown here (NMI printed as a
     # fraction, shown in percent: 100)
     published_scale: float = 1.0
+    # a metric of the class head (accuracy, calibration): a level's metric_prefix, which points
+    # the embedding's metrics at the pooled features, does not rename it
+    classifier: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,11 @@ class Cell:
     def level(self, factor: str) -> Level:
         return next(lv for lv in self.levels if lv.factor == factor)
 
-    def metric_key(self, key: str) -> str:
-        """The metrics.json key this cell's runs log ``key`` under (a level may rename it)."""
+    def metric_key(self, key: str, classifier: bool = False) -> str:
+        """The metrics.json key this cell's runs log ``key`` under (a level may rename the
+        embedding's metrics, never a ``classifier`` metric)."""
+        if classifier:
+            return key
         for level in self.levels:
             key = level.metric_key(key)
         return key
@@ -209,6 +215,7 @@ def load_spec(path: str | os.PathLike[str], scale: str) -> TableSpec:
             str(m.get("label", m["key"])),
             bool(m.get("percent", True)),
             float(m.get("published_scale", 1.0)),
+            bool(m.get("classifier", False)),
         )
         for m in section.get("metrics") or raw["metrics"]  # a scale may read other metrics
     ]
