@@ -412,7 +412,7 @@ def test_bench_eval_quick_runs_and_agrees_with_pml():
         "retrieval",
         "retrieval+nmi",
         "retrieval+nmi@100it",
-        "retrieval (torch GEMM)",
+        "retrieval (reference, torch GEMM)",
     ]
     for r in rows:
         assert r["N"] == 1200 and r["ours_s"] > 0 and r["pml_s"] > 0
