@@ -66,6 +66,26 @@ def test_uint8_path_then_normalize_batch_equals_the_default_transform(augment, s
     assert normalize_batch(expected) is expected  # already normalised: left alone
 
 
+@pytest.mark.parametrize("size", [(224, 224), (37, 51), (1, 3)])
+def test_fused_to_normalized_tensor_equals_torchvision_exactly(size):
+    from torchvision import transforms as T
+
+    from ranking_reg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedTensor
+
+    rng = np.random.default_rng(size[0])
+    reference = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    fused = ToNormalizedTensor(IMAGENET_MEAN, IMAGENET_STD)
+    rgb = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    got = fused(rgb)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == (3, *size)
+    assert torch.equal(got, reference(rgb))  # the same operations: bit-identical
+    grey = Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).convert("RGB")
+    assert torch.equal(fused(grey), reference(grey))
+    # anything else (here an H x W x 3 array) goes through torchvision's pair
+    array = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    assert torch.equal(fused(array), reference(array))
+
+
 def test_normalize_batch_refuses_other_integer_types():
     with pytest.raises(TypeError, match="uint8"):
         normalize_batch(torch.zeros(1, 3, 2, 2, dtype=torch.int32))
