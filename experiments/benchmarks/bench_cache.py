@@ -10,8 +10,9 @@ On the generated photo-like 1000 x 750 JPEGs of :mod:`bench_input` (quality 90),
   image summed over the threads (what the build costs whatever the core count);
 - warm: images/s of one loader worker (one thread, ``time.thread_time``, as in
   :mod:`bench_input`) for the paper's training transform (``RandomResizedCrop(224)`` + flip +
-  ToTensor + Normalize), torchvision's ``ImageFolder`` on the originals vs our
-  ``ImageListDataset`` reading the cache, interleaved per image (rotating who goes first), each
+  ToTensor + Normalize): torchvision's ``ImageFolder`` on the originals with torchvision's
+  ``ToTensor`` + ``Normalize`` vs our ``ImageListDataset`` reading the cache with our
+  ``train_transform`` (the same draws; its fused ``ToNormalizedTensor`` gives the same values), interleaved per image (rotating who goes first), each
   image's time the median of 3 repeats, files read once beforehand so both find them in the page
   cache. ``ratio`` = cached images/s / torchvision's (the issue's goal: >= 4x). One more row
   reads the same cache with uint8 worker output (``data.normalize_on_device``: the float
@@ -31,7 +32,12 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from experiments.benchmarks.bench_input import _warm_page_cache, make_jpegs, worker_seconds
+from experiments.benchmarks.bench_input import (
+    _warm_page_cache,
+    make_jpegs,
+    torchvision_transform,
+    worker_seconds,
+)
 from ranking_reg.data.image_cache import build_cache
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.transforms import train_transform
@@ -69,7 +75,7 @@ def run(quick: bool = False, cache_dir: str | os.PathLike | None = None) -> list
         root = Path(cache_dir) if cache_dir is not None else Path(tmp) / "sources"
         folder = make_jpegs(root, size["count"], size["width"], size["height"])
         transform = train_transform(size["img_size"])
-        baseline = ImageFolder(str(folder), transform=transform)
+        baseline = ImageFolder(str(folder), transform=torchvision_transform(size["img_size"]))
         sources = [p for p, _ in baseline.samples]
         _warm_page_cache(sources)
         rows = []

@@ -4,13 +4,15 @@ On generated photo-like JPEGs (smooth colour fields + mid-frequency texture + se
 1000 x 750, quality 90: the size of a typical NABirds / Stanford Dogs photo), in one process and
 one thread (what one DataLoader worker gets: PyTorch sets ``torch.set_num_threads(1)`` in
 workers), times the paper's training transform (``RandomResizedCrop(224)`` + flip + ToTensor +
-Normalize, :func:`ranking_reg.data.transforms.train_transform`) behind
+Normalize) behind
 
-- torchvision: ``ImageFolder`` (PIL full-size decode, ``convert("RGB")``) -- the baseline;
+- torchvision: ``ImageFolder`` (PIL full-size decode, ``convert("RGB")``) with torchvision's
+  transforms as documented (:func:`torchvision_transform`) -- the baseline;
 - ours: :class:`ranking_reg.data.image_list.ImageListDataset` with ``decode_size`` (libjpeg's
   reduced-scale DCT decoding through PIL ``draft``: the shorter side stays >= ``decode_size``),
   for ``decode_size`` = none (the dataset's own overhead), ``img_size`` and the 256 the
-  experiment presets use.
+  experiment presets use, with :func:`ranking_reg.data.transforms.train_transform` (the same
+  random draws; its fused ``ToNormalizedTensor`` gives the same values as the pair).
 
 Time is this thread's CPU time (``time.thread_time``), i.e. images/s of a worker that has a core
 to itself: on a shared machine wall time mostly measures the scheduler. Samples are interleaved
@@ -36,10 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from ranking_reg.data.image_list import ImageListDataset
-from ranking_reg.data.transforms import train_transform
+from ranking_reg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 # The issue's set (500 x 1000x750), plus fewer 2000x1500 ones (high-resolution sources such as
 # some Stanford Cars photos) to show how the speed-up grows with the image size.
@@ -152,11 +155,25 @@ def worker_seconds(datasets: Sequence[Any], repeats: int, same_draws: bool = Fal
     return seconds
 
 
+def torchvision_transform(img_size: int) -> T.Compose:
+    """The baseline's pipeline as torchvision's documentation writes it: RandomResizedCrop +
+    flip + ``ToTensor`` + ``Normalize`` (the same random draws as ``train_transform``, whose
+    last step is the fused, bit-identical ``ToNormalizedTensor``)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
 def _measure(
     folder: Path, img_size: int, decode_sizes: tuple, size: dict, repeats: int
 ) -> list[dict]:
     transform = train_transform(img_size)
-    baseline = ImageFolder(str(folder), transform=transform)
+    baseline = ImageFolder(str(folder), transform=torchvision_transform(img_size))
     ours = {
         d: ImageListDataset(baseline.samples, baseline.classes, transform=transform, decode_size=d)
         for d in decode_sizes
@@ -193,8 +210,6 @@ def stage_times(folder: Path, img_size: int, limit: int = 200) -> dict[str, floa
     """
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms import functional as F
-
-    from ranking_reg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     crop = RandomResizedCrop(img_size, antialias=True)
     times: dict[str, list[float]] = {}
