@@ -23,7 +23,7 @@ from ranking_reg.metrics import Evaluator
 from ranking_reg.metrics.calibration import expected_calibration_error, reliability_bins
 from ranking_reg.metrics.classification import shot_recall
 from ranking_reg.metrics.geometry import embedding_geometry, pair_distance_sample
-from ranking_reg.reporting import plots
+from ranking_reg.reporting import diagnostic_plots, plots
 from ranking_reg.reporting.metrics_table import format_metrics_table
 from ranking_reg.utils.errors import ConfigError
 
@@ -213,9 +213,9 @@ def test_pair_distance_sample_all_pairs_and_a_seeded_sample():
 # -- worst queries and the pictures ---------------------------------------------------------------
 def test_select_worst_queries_lowest_ap_first_ties_by_index_no_singletons():
     ap = np.array([0.5, np.nan, 0.1, 0.5, 0.1, 1.0])
-    assert plots.select_worst_queries(ap, 4).tolist() == [2, 4, 0, 3]
-    assert plots.select_worst_queries(ap, 99).tolist() == [2, 4, 0, 3, 5]
-    assert plots.select_worst_queries(ap, 0).tolist() == []
+    assert diagnostic_plots.select_worst_queries(ap, 4).tolist() == [2, 4, 0, 3]
+    assert diagnostic_plots.select_worst_queries(ap, 99).tolist() == [2, 4, 0, 3, 5]
+    assert diagnostic_plots.select_worst_queries(ap, 0).tolist() == []
 
 
 def not_blank(image: Image.Image) -> bool:
@@ -227,13 +227,13 @@ def test_reliability_diagram_and_pair_histogram_are_drawn():
     g = torch.Generator().manual_seed(5)
     logits, labels = torch.randn(200, 4, generator=g) * 3, torch.randint(0, 4, (200,), generator=g)
     bins = reliability_bins(logits, labels)
-    image = plots.reliability_diagram(
+    image = diagnostic_plots.reliability_diagram(
         bins.edges.numpy(), bins.counts.numpy(), bins.accuracy.numpy(),
         bins.confidence.numpy(), bins.ece,
     )  # fmt: skip
     assert image.size == (600, 600) and not_blank(image)
     assert (np.asarray(image) == plots.BAR_COLOR).all(-1).sum() > 500  # the accuracy bars
-    histogram = plots.pair_distance_histogram(np.random.rand(50), np.random.rand(80) + 1, True, 10)
+    histogram = diagnostic_plots.pair_distance_histogram(np.random.rand(50), np.random.rand(80) + 1, True, 10)
     assert histogram.size == (700, 450) and not_blank(histogram)
 
 
@@ -251,7 +251,7 @@ def test_render_plots_draws_the_worst_queries_with_their_own_neighbours():
         n_worst_queries=3,
     )
     assert set(images) == set(PLOT_NAMES)
-    worst = plots.select_worst_queries(ap, 3)
+    worst = diagnostic_plots.select_worst_queries(ap, 3)
     assert ap[worst[0]] == ap.min() and ap[worst[0]] < 1.0
     grid = images["worst_queries"]
     cell, pad = 32 + 8, 2

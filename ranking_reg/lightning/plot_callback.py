@@ -31,7 +31,7 @@ from PIL import Image
 from ranking_reg.metrics import EvaluationResult, nearest_neighbors, per_class_accuracy
 from ranking_reg.metrics.calibration import reliability_bins
 from ranking_reg.metrics.geometry import DEFAULT_MAX_PAIRS, pair_distance_sample
-from ranking_reg.reporting import plots
+from ranking_reg.reporting import diagnostic_plots, plots
 from ranking_reg.utils.errors import ConfigError
 from ranking_reg.utils.io import atomic_writer
 
@@ -114,7 +114,7 @@ def render_plots(
         queries = plots.select_queries(labels, opts.n_queries, seed=opts.seed)
         ap = _per_query_ap(result, len(labels))
         worst = (
-            plots.select_worst_queries(ap, opts.n_worst_queries)
+            diagnostic_plots.select_worst_queries(ap, opts.n_worst_queries)
             if ap is not None and opts.n_worst_queries
             else np.zeros(0, dtype=np.int64)
         )
@@ -162,7 +162,7 @@ def render_plots(
             cm, shown, names, title=f"{stage} confusion"
         )
         bins = reliability_bins(logits, labels)
-        images["reliability_diagram"] = plots.reliability_diagram(
+        images["reliability_diagram"] = diagnostic_plots.reliability_diagram(
             bins.edges.numpy(),
             bins.counts.numpy(),
             bins.accuracy.numpy(),
@@ -174,7 +174,7 @@ def render_plots(
         positive, negative, sampled = pair_distance_sample(
             emb, labels, max_pairs=DEFAULT_MAX_PAIRS, seed=opts.seed
         )
-        images["pair_distances"] = plots.pair_distance_histogram(
+        images["pair_distances"] = diagnostic_plots.pair_distance_histogram(
             positive,
             negative,
             sampled,
