@@ -34,6 +34,9 @@ NO_KNN = "metrics.knn.gallery=none"
 def check_metrics(metrics: dict[str, float], knn: bool = True) -> None:
     assert METRIC_KEYS | (KNN_KEYS if knn else set()) <= set(metrics)
     for key, value in metrics.items():
+        if key.endswith(("_dist", "_ratio")):  # squared distances and their ratio: >= 0
+            assert math.isfinite(value) and value >= 0.0, key
+            continue
         assert math.isfinite(value) and 0.0 <= value <= 1.0, key
     recalls = [metrics[f"test/recall@{k}"] for k in (1, 2, 4, 8, 16)]
     assert recalls == sorted(recalls)  # Recall@K can only grow with K
