@@ -1,7 +1,8 @@
 """Finished and unfinished runs on disk, and the identity of a configuration.
 
 A *run* is a Hydra output dir holding ``.hydra/config.yaml`` (and ``.hydra/overrides.yaml``)
-and, once finished, ``metrics.json`` (a flat object of test metrics: fractions in [0, 1], except the squared distances `*_dist` and their `*_ratio`, which are >= 0) and
+and, once finished, ``metrics.json`` (a flat object of test metrics: fractions in [0, 1],
+except the squared distances ``*_dist`` and their ``*_ratio``, which are >= 0) and
 ``per_class.json`` (test accuracy per class, written by
 :class:`~ranking_reg.lightning.results_callback.TestResultsWriter`).
 A run's identity (:func:`cell_key`) is its task overrides, sorted, less ``seed=`` and the
