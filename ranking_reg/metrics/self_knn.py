@@ -239,7 +239,9 @@ def _row_direction(
         _, padded = _grouped(rows, h, values)
     tau = _kth_smallest(padded, k)
     keep = values <= tau[rows]
-    return tau, (rows[keep] + first_query, cols[keep] + first_item, values[keep])
+    index = np.int32 if first_item + width < 2**31 else np.int64  # 12 bytes a candidate
+    queries = (rows[keep] + first_query).astype(index)
+    return tau, (queries, (cols[keep] + first_item).astype(index), values[keep])
 
 
 def _column_direction(
@@ -254,7 +256,12 @@ def _column_direction(
     values = d[r, c]
     key = c.astype(np.uint16) if width <= 1 << 16 else c
     order = np.argsort(key, kind="stable")  # a radix sort for 16-bit keys
-    return c[order] + first_column, r[order] + start, values[order]
+    index = np.int32 if first_column + width < 2**31 else np.int64  # 12 bytes a candidate
+    return (
+        (c[order] + first_column).astype(index),
+        (r[order] + start).astype(index),
+        values[order],
+    )
 
 
 def _final(
@@ -270,7 +277,7 @@ def _final(
             parts.append((queries[lo:hi] - start, items[lo:hi], values[lo:hi]))
     counts = sum(np.bincount(p[0], minlength=h) for p in parts)
     padded_values = np.full((h, int(counts.max())), np.inf, dtype=np.float32)
-    padded_items = np.zeros((h, int(counts.max())), dtype=np.int64)
+    padded_items = np.full((h, int(counts.max())), -1, dtype=np.int64)
     filled = np.zeros(h, dtype=np.int64)
     for rows, items, values in parts:  # each run is sorted by query: rank = position - first
         here = np.bincount(rows, minlength=h)
