@@ -16,7 +16,7 @@ How, for rows blocked as [s, e) and processed from the last block to the first:
 1. one GEMM gives the distances of rows [s, e) to columns [s, N) (the block's own square and
    everything to its right), d_ij = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j in float32;
 2. *row direction*: each row's k-th smallest value over those columns, tau_i, is found
-   without sorting the row: group minima (one vectorised ``amin`` pass) give an upper bound t
+   without sorting the row: group minima (one vectorised ``minimum`` pass) give an upper bound t
    with at least k values <= t, one comparison pass keeps the few values <= t, and a
    partial sort of those gives tau_i. The values <= tau_i are kept as candidates;
 3. *column direction*: a column j >= e belongs to a row processed earlier, whose tau_j is
@@ -213,7 +213,7 @@ def _row_direction(
     entries <= tau (query ``first_query`` + row, item ``first_item`` + column, distance).
 
     With groups of g columns (column j in group j mod m, m = width/g: g contiguous slices,
-    one vectorised ``amin``), the k-th smallest group minimum bounds the row's k-th smallest
+    one vectorised ``minimum`` pass), the k-th smallest group minimum bounds the row's k-th smallest
     value from above; only the groups whose minimum is <= that bound (about k of them) can
     hold values <= it, so only their g*k-odd values are read again.
     """
@@ -224,7 +224,11 @@ def _row_direction(
         values = d[rows, cols]
     else:
         m = width // g
-        minima = torch.from_numpy(d).view(h, g, m).amin(dim=1).numpy()
+        # numpy, not torch's amin: this runs in one of the slab threads, and torch's own
+        # thread pool inside them would oversubscribe the cores
+        minima = d[:, :m].copy()
+        for j in range(1, g):
+            np.minimum(minima, d[:, j * m : (j + 1) * m], out=minima)
         bound = _kth_smallest(minima, k)  # >= k values of the row are <= bound
         rows, groups = _nonzero(minima <= bound[:, None])
         cols = (groups[:, None] + m * np.arange(g)).reshape(-1)
@@ -295,10 +299,7 @@ def _final(
         top_values, top_items = values.reshape(h, k), items.reshape(h, k)
     else:
         _, top_values, top_items = _grouped(rows, h, values, items)
-    # sort each row by (distance, item): by item, then stably by distance
-    v, i = torch.from_numpy(top_values), torch.from_numpy(top_items)
-    i = i.masked_fill(i < 0, torch.iinfo(i.dtype).max)
-    by_item = i.argsort(dim=1)
-    v, i = v.gather(1, by_item), i.gather(1, by_item)
-    by_value = v.argsort(dim=1, stable=True)
-    return i.gather(1, by_value)[:, :k].numpy()
+    # sort each row by (distance, item); padding (item -1, distance +inf) goes last
+    items = np.where(top_items < 0, np.iinfo(np.int64).max, top_items.astype(np.int64))
+    order = np.lexsort((items, top_values), axis=1)[:, :k]
+    return np.take_along_axis(items, order, axis=1)
