@@ -8,6 +8,7 @@ from conftest import CONF, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ranking_reg.losses.pml_regularizer import PMLRegularizer
 from ranking_reg.losses.regularizers import CenterRegularizer, NoRegularizer, TripletRegularizer
 from ranking_reg.utils.config_checks import validate_config
 from ranking_reg.utils.errors import ConfigError
@@ -62,12 +63,15 @@ def test_every_regularizer_instantiates(option):
     cfg.model.net.num_classes = 10  # what train.py fills in from the data
     regularizer = instantiate(cfg.regularizer)
     expected = {"none": NoRegularizer, "triplet": TripletRegularizer, "center": CenterRegularizer}
-    assert isinstance(regularizer, expected[option])
+    assert isinstance(regularizer, expected.get(option, PMLRegularizer))  # the rest: PML losses
     assert regularizer.weight == cfg.regularizer.weight
     if option == "triplet":  # the miner= group is nested inside the regularizer
         assert type(regularizer.miner).__name__ == "SemiHardMiner"
     if option == "center":  # sized by the model's classes and embedding
         assert tuple(regularizer.center_loss.centers.shape) == (10, 256)
+    if option in ("proxy_anchor", "triplet_center"):  # loss-owned parameters, sized alike
+        (owned,) = regularizer.loss_parameters()
+        assert tuple(owned.shape) == (10, 256)
 
 
 def test_the_model_group_builds_the_module_from_objects():
