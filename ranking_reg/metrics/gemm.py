@@ -36,9 +36,11 @@ def _controller() -> ThreadpoolController:
     return ThreadpoolController()  # scans the loaded libraries once (~10 ms)
 
 
-def blas_threads() -> AbstractContextManager:
-    """numpy's BLAS limited to torch's thread count (``torch.set_num_threads`` governs both)."""
-    return _controller().limit(limits=torch.get_num_threads(), user_api="blas")
+def blas_threads(threads: int | None = None) -> AbstractContextManager:
+    """numpy's BLAS limited to ``threads``, by default torch's thread count
+    (``torch.set_num_threads`` governs both)."""
+    limit = torch.get_num_threads() if threads is None else threads
+    return _controller().limit(limits=limit, user_api="blas")
 
 
 def augmented_items(x: torch.Tensor, rows: int | None = None) -> np.ndarray:
