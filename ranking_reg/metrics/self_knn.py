@@ -96,7 +96,7 @@ def _grouped(rows_local: np.ndarray, n_rows: int, *columns: np.ndarray) -> tuple
         order = np.argsort(rows_local.astype(np.uint16), kind="stable")
         rows_local = rows_local[order]
     starts = np.cumsum(counts) - counts
-    pos = np.arange(len(rows_local)) - starts[rows_local]
+    pos = np.arange(len(rows_local)) - np.repeat(starts, counts)  # rows_local is sorted
     out: list[np.ndarray] = [counts]
     for values in columns:
         values = values if order is None else values[order]
@@ -144,7 +144,7 @@ def _search(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
     sq = (x * x).sum(dim=1).numpy()
     # d_ij = [x_i, ||x_i||^2, 1] . [-2 x_j, 1, ||x_j||^2]: the GEMM writes distances directly;
     # zero rows pad the item side so a block's width can be rounded up to whole groups
-    pad = 16
+    pad = 256  # >= g^2 - 1: a block's width rounds up to whole level-2 groups
     left = np.empty((n, dim + 2), dtype=np.float32)
     left[:, :dim], left[:, dim], left[:, dim + 1] = xs, sq, 1.0
     right = np.zeros((n + pad, dim + 2), dtype=np.float32)
@@ -165,7 +165,8 @@ def _search(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
             s, e = starts[b], ends[b]
             h, width = e - s, n - s
             g = _group_size(width, k)
-            padded_width = -(-width // g) * g
+            unit = g * g if (width // g) // g >= 4 * k else g  # see _row_direction
+            padded_width = -(-width // unit) * unit
             d = buffer[: h * padded_width].reshape(h, padded_width)
             np.matmul(left[s:e], right[s : s + padded_width].T, out=d)
             d[:, width:] = np.inf
@@ -206,6 +207,16 @@ def _slab(
     return tau_slab, runs
 
 
+def _group_minima(a: np.ndarray, g: int) -> np.ndarray:
+    """Minima (rows, w/g) of the groups of g columns of ``a`` (rows, w): column j is in group
+    j mod (w/g), so a group's minimum is an elementwise minimum of g contiguous slices."""
+    m = a.shape[1] // g
+    minima = a[:, :m].copy()
+    for j in range(1, g):
+        np.minimum(minima, a[:, j * m : (j + 1) * m], out=minima)
+    return minima
+
+
 def _row_direction(
     d: np.ndarray, k: int, g: int, first_query: int, first_item: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -226,11 +237,22 @@ def _row_direction(
         m = width // g
         # numpy, not torch's amin: this runs in one of the slab threads, and torch's own
         # thread pool inside them would oversubscribe the cores
-        minima = d[:, :m].copy()
-        for j in range(1, g):
-            np.minimum(minima, d[:, j * m : (j + 1) * m], out=minima)
-        bound = _kth_smallest(minima, k)  # >= k values of the row are <= bound
-        rows, groups = _nonzero(minima <= bound[:, None])
+        minima = _group_minima(d, g)
+        if m % g == 0 and m // g >= 4 * k:
+            # a second level (groups of g minima): the partial sort runs on width/g^2 values;
+            # the level-1 groups that can hold values <= bound are those of the kept level-2
+            # groups whose own minimum is <= bound
+            m2 = m // g
+            minima2 = _group_minima(minima, g)
+            bound = _kth_smallest(minima2, k)
+            rows, groups2 = _nonzero(minima2 <= bound[:, None])
+            groups = (groups2[:, None] + m2 * np.arange(g)).reshape(-1)
+            rows = np.repeat(rows, g)
+            inside = minima[rows, groups] <= bound[rows]
+            rows, groups = rows[inside], groups[inside]
+        else:
+            bound = _kth_smallest(minima, k)  # >= k values of the row are <= bound
+            rows, groups = _nonzero(minima <= bound[:, None])
         cols = (groups[:, None] + m * np.arange(g)).reshape(-1)
         rows = np.repeat(rows, g)
         values = d[rows, cols]
