@@ -25,6 +25,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "TripletRegularizer": "ranking_reg.losses",
         "CenterRegularizer": "ranking_reg.losses",
         "NoRegularizer": "ranking_reg.losses",
+        "PMLRegularizer": "ranking_reg.losses",
+        "TripletCenterLoss": "ranking_reg.losses",
         "retrieval_metrics": "ranking_reg.metrics",
         "classification_metrics": "ranking_reg.metrics",
         "Evaluator": "ranking_reg.metrics",
