@@ -233,7 +233,9 @@ def test_reliability_diagram_and_pair_histogram_are_drawn():
     )  # fmt: skip
     assert image.size == (600, 600) and not_blank(image)
     assert (np.asarray(image) == plots.BAR_COLOR).all(-1).sum() > 500  # the accuracy bars
-    histogram = diagnostic_plots.pair_distance_histogram(np.random.rand(50), np.random.rand(80) + 1, True, 10)
+    histogram = diagnostic_plots.pair_distance_histogram(
+        np.random.rand(50), np.random.rand(80) + 1, True, 10
+    )
     assert histogram.size == (700, 450) and not_blank(histogram)
 
 
