@@ -94,3 +94,18 @@ def test_retrieval_metrics_equal_with_both_searches_on_exact_data():
     y = rng.integers(0, 9, size=700)
     fast = retrieval_metrics(x, y, ks=(1, 4, 16), nmi=False, chunk_size=96)
     assert fast == retrieval_metrics(x, y, ks=(1, 4, 16), nmi=False, backend="torch")
+
+
+def test_retrieval_takes_the_chunked_search_when_the_candidates_would_not_fit(monkeypatch):
+    from ranking_reg.metrics import retrieval
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 5, size=(300, 3)).astype(np.float32)
+    y = rng.integers(0, 6, size=300)
+    expected = retrieval_metrics(x, y, ks=(1, 4), nmi=False)
+    assert self_knn.expected_bytes(100_000, 1000) > 2 << 30  # e.g. 100k items, classes of 1,000
+    calls = []
+    monkeypatch.setattr(retrieval, "expected_bytes", lambda *args: 3 << 30)
+    monkeypatch.setattr(retrieval, "self_neighbors", lambda *args, **kw: calls.append(1))
+    assert retrieval_metrics(x, y, ks=(1, 4), nmi=False) == expected
+    assert calls == []  # the symmetric search was not called

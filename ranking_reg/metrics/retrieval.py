@@ -31,7 +31,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from ranking_reg.metrics.gemm import check_backend
 from ranking_reg.metrics.kmeans import kmeans
 from ranking_reg.metrics.knn import ArrayLike, _as_embeddings, _neighbour_chunks
-from ranking_reg.metrics.self_knn import self_neighbors
+from ranking_reg.metrics.self_knn import expected_bytes, self_neighbors
 
 
 def _self_search_chunks(
@@ -39,9 +39,13 @@ def _self_search_chunks(
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """(query slice, (rows, depth) neighbour indices) of every item's leave-one-out search:
     the symmetric search of :mod:`~ranking_reg.metrics.self_knn` (half the GEMM) through
-    numpy's BLAS, or, with ``backend="torch"``, the reference chunked search through torch's
-    GEMM (:func:`~ranking_reg.metrics.knn.nearest_neighbors`)."""
-    if check_backend(backend) == "torch":
+    numpy's BLAS, or, with ``backend="torch"`` or when the symmetric search would hold more than
+    2 GiB of candidates, the reference chunked search
+    (:func:`~ranking_reg.metrics.knn.nearest_neighbors`)."""
+    # the symmetric search holds every query's candidates at once (~k(1 + ln blocks) each):
+    # past 2 GiB (e.g. 100k items with classes of 1,000) the chunked search, whose memory is one
+    # block of queries, is the one that fits
+    if check_backend(backend) == "torch" or expected_bytes(len(x), depth, chunk_size) > 2 << 30:
         yield from _neighbour_chunks(x, depth, chunk_size, backend=backend)
         return
     idx = self_neighbors(x, depth, block_rows=chunk_size)

@@ -119,6 +119,19 @@ def _kth_smallest(values: np.ndarray, k: int) -> np.ndarray:
     return np.partition(values, k - 1, axis=1)[:, k - 1]
 
 
+def _block_rows(n: int, k: int, block_rows: int | None) -> int:
+    rows = block_rows or _BLOCK_ELEMENTS // n
+    return int(min(max(rows, k + 1), _MAX_BLOCK_ROWS, n))
+
+
+def expected_bytes(n: int, k: int, block_rows: int | None = None) -> int:
+    """Memory the search holds at once, besides its 128 MiB block: the (N, k) result and the
+    candidates, about k(1 + ln blocks) a query at 12 bytes each (the count is data-dependent;
+    this is the expected one for items in random order)."""
+    blocks = -(-n // _block_rows(n, k, block_rows))
+    return int(n * k * (8 + 12 * (1 + math.log(blocks))))
+
+
 def self_neighbors(x: torch.Tensor, k: int, block_rows: int | None = None) -> torch.Tensor:
     """Indices (N, k) of the k nearest *other* items of every item, nearest first, ties by the
     lower index: the same lists as :func:`~ranking_reg.metrics.knn.nearest_neighbors` (see the
@@ -127,8 +140,7 @@ def self_neighbors(x: torch.Tensor, k: int, block_rows: int | None = None) -> to
     n = len(x)
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, {n - 1}], got {k}")
-    rows = block_rows or _BLOCK_ELEMENTS // n
-    rows = int(min(max(rows, k + 1), _MAX_BLOCK_ROWS, n))
+    rows = _block_rows(n, k, block_rows)
     try:
         with blas_threads():
             return _search(x, k, rows)
