@@ -27,11 +27,10 @@ images/s / torchvision's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from torchvision.datasets import ImageFolder
 
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from ranking_reg.metrics.gemm import one_torch_thread
 
 # The issue's set (500 x 1000x750), plus fewer 2000x1500 ones (high-resolution sources such as
 # some Stanford Cars photos) to show how the speed-up grows with the image size.
@@ -115,17 +115,6 @@ def run(
     return rows
 
 
-@contextlib.contextmanager
-def one_worker_thread() -> Iterator[None]:
-    """torch limited to one thread: one DataLoader worker's budget."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def worker_seconds(datasets: Sequence[Any], repeats: int, same_draws: bool = False) -> list[float]:
     """One loader worker's CPU seconds (``time.thread_time``, one torch thread) to produce every
     item of each of ``datasets`` (all of the same length), timed side by side: item by item,
@@ -134,7 +123,7 @@ def worker_seconds(datasets: Sequence[Any], repeats: int, same_draws: bool = Fal
     that every dataset gets the same random augmentation of an item."""
     n = len(datasets[0])
     seconds = [0.0] * len(datasets)
-    with one_worker_thread():
+    with one_torch_thread():  # one DataLoader worker's budget
         torch.manual_seed(0)
         for i in range(min(4, n)):  # warm-up: imports, allocator, PIL plugin init
             for dataset in datasets:

@@ -37,11 +37,11 @@ from experiments.benchmarks.bench_input import (
     QUICK,
     _warm_page_cache,
     make_jpegs,
-    one_worker_thread,
     worker_seconds,
 )
 from ranking_reg.data.image_list import ImageListDataset
 from ranking_reg.data.transforms import normalize_batch, train_transform
+from ranking_reg.metrics.gemm import one_torch_thread
 
 PRESET_DECODE = 256  # conf/experiment presets: data.decode_size=256
 
@@ -80,7 +80,7 @@ def _measure(
     _warm_page_cache([p for p, _ in samples])
     # the same crop for both pipelines: reseeded before every call
     seconds = worker_seconds(datasets, repeats, same_draws=True)
-    with one_worker_thread():
+    with one_torch_thread():  # one DataLoader worker's budget
         normalize_ms = _normalize_cpu_ms(img_size)
     float_ips, uint8_ips = n / seconds[0], n / seconds[1]
     values = 3 * img_size * img_size

@@ -24,7 +24,8 @@ the keys as computed (bit-exact wherever the float32 arithmetic is, e.g. small i
 from __future__ import annotations
 
 import functools
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
 import torch
@@ -41,6 +42,18 @@ def blas_threads(threads: int | None = None) -> AbstractContextManager:
     (``torch.set_num_threads`` governs both)."""
     limit = torch.get_num_threads() if threads is None else threads
     return _controller().limit(limits=limit, user_api="blas")
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch limited to one thread inside (restored after): for sequences of small operations
+    whose thread-pool barriers cost more than they share, and for timing one loader worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def augmented_items(x: torch.Tensor, rows: int | None = None) -> np.ndarray:

@@ -15,13 +15,18 @@ faiss's k-means (what pytorch-metric-learning runs) uses too; faiss itself is no
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from ranking_reg.metrics.gemm import augmented_items, blas_threads, check_backend, ranking_keys
+from ranking_reg.metrics.gemm import (
+    augmented_items,
+    blas_threads,
+    check_backend,
+    one_torch_thread,
+    ranking_keys,
+)
 from ranking_reg.metrics.knn import ArrayLike, _as_embeddings
 
 # Greedy k-means++ runs on a seeded subsample of at most this many points per cluster: its
@@ -75,10 +80,14 @@ def kmeans(
     init_points = min(n, _INIT_POINTS_PER_CLUSTER * n_clusters)
     best: tuple[torch.Tensor, float] | None = None
     # The GEMMs on torch's thread count through numpy's BLAS, everything else in torch on one
-    # thread (see _one_torch_thread): on 2 cores the assignment ran in 0.06 s this way against
+    # thread: on 2 cores the assignment ran in 0.06 s this way against
     # 0.10 s with both pools on 2 threads, whose idle workers spin against each other.
     # (backend="torch" keeps torch's threads: its GEMM is torch's own)
-    torch_threads = nullcontext() if backend == "torch" else _one_torch_thread()
+    # The k-means++ start is n_clusters sequential steps of small products, each too small to
+    # share between threads, and a pool's barrier at every step stalls whenever another process
+    # holds a core (on a loaded 2-core machine the start took 30 s with 2 threads against 1.5 s
+    # with one; idle, one thread is as fast).
+    torch_threads = nullcontext() if backend == "torch" else one_torch_thread()
     with blas_threads(torch.get_num_threads()), torch_threads:
         for _ in range(n_init):
             sub = torch.randperm(n, generator=gen)[:init_points] if init_points < n else slice(None)
@@ -88,21 +97,6 @@ def kmeans(
                 best = (assign, inertia)
     assert best is not None
     return best
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """torch on one thread inside. The k-means++ start is n_clusters sequential steps of small
-    products, each too small to share between threads, and a thread pool's barrier at every
-    step stalls whenever another process holds a core (on a loaded 2-core machine the start took
-    30 s with 2 threads against 1.5 s with one; idle, one thread is as fast). The assignment's
-    row minima are memory-bound and run beside the BLAS's own thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sq_dist_to(x: torch.Tensor, sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
