@@ -197,7 +197,13 @@ NABIRDS_LEVELS = ("parent", "group")
 def nabirds_hierarchy(root: str) -> ClassHierarchy:
     """NABirds' leaf classes -> (immediate parent, top-level group below the root)."""
     from ranking_reg.data.parsers._common import dataset_dir, require_file, split_pairs
-    from ranking_reg.data.parsers.nabirds import FOLDER, NAME, leaf_class_ids, read_table
+    from ranking_reg.data.parsers.nabirds import (
+        FOLDER,
+        NAME,
+        leaf_class_ids,
+        named_classes,
+        read_table,
+    )
 
     base = dataset_dir(NAME, root, FOLDER)
     tree_file = require_file(NAME, root, os.path.join(base, "hierarchy.txt"), "class hierarchy")
@@ -243,16 +249,8 @@ def nabirds_hierarchy(root: str) -> ClassHierarchy:
     parents: dict[str, list[int]] = {}
     level_names: dict[str, list[str]] = {}
     for level, ids in raw.items():
-        order = sorted(set(ids))
-        unnamed = [i for i in order if str(i) not in names]
-        if unnamed:
-            raise DataError(
-                f"{tree_file} uses the class id {unnamed[0]}, which {names_file} does not "
-                "name; the files come from different releases: unpack the dataset again."
-            )
-        index = {node: i for i, node in enumerate(order)}
+        index, level_names[level] = named_classes(sorted(set(ids)), names, tree_file, names_file)
         parents[level] = [index[i] for i in ids]
-        level_names[level] = [names[str(i)] for i in order]
     return ClassHierarchy(NABIRDS_LEVELS, parents, level_names)
 
 

@@ -39,6 +39,20 @@ def _class_ids(labels: dict[str, str], labels_file: str) -> list[int]:
         raise DataError(f"{labels_file} holds a non-integer class id; unpack it again.") from error
 
 
+def named_classes(
+    ids: list[int], names: dict[str, str], ids_file: str, names_file: str
+) -> tuple[dict[int, int], list[str]]:
+    """Sorted NABirds ids -> ({id: position}, [name of each id]); an id that ``classes.txt``
+    (``names``, read from ``names_file``) does not name is a DataError naming both files."""
+    unnamed = [c for c in ids if str(c) not in names]
+    if unnamed:
+        raise DataError(
+            f"{ids_file} uses class id {unnamed[0]}, which {names_file} does not name; the "
+            "files come from different releases: unpack the dataset again."
+        )
+    return {c: i for i, c in enumerate(ids)}, [names[str(c)] for c in ids]
+
+
 def leaf_class_ids(root: str, base: str) -> list[int]:
     """The NABirds ids of the classes (those with images), in label order (increasing id)."""
     labels = read_table(root, base, "image_class_labels.txt")
@@ -61,14 +75,8 @@ def build(
     is_train = read_table(root, base, "train_test_split.txt")
     names = read_table(root, base, "classes.txt")
     class_ids = _class_ids(labels, labels_file)
-    unnamed = [c for c in class_ids if str(c) not in names]
-    if unnamed:
-        raise DataError(
-            f"{labels_file} uses class id {unnamed[0]}, which {os.path.join(base, 'classes.txt')} "
-            "does not name; the files come from different releases: unpack the dataset again."
-        )
-    index = {c: i for i, c in enumerate(class_ids)}
-    classes = [names[str(c)] for c in class_ids]
+    names_file = os.path.join(base, "classes.txt")
+    index, classes = named_classes(class_ids, names, labels_file, names_file)
     want = "1" if split == "train" else "0"
     samples = []
     for uuid, rel in images.items():
