@@ -181,3 +181,45 @@ def run_app_sweep(monkeypatch, tmp_path: Path, app: dict, overrides: list[str], 
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
+
+
+def _gloo_worker(compute, rank: int, world: int, port: int, args: tuple, queue, done) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        # plain lists, not tensors: a tensor put on the queue lives in this process's shared
+        # memory, which may be gone by the time the parent reads it
+        queue.put((rank, compute(rank, world, *args)))
+        done.wait(timeout=60)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo_workers(compute, world: int, *args) -> list[tuple[int, object]]:
+    """``world`` forked processes in one gloo process group, each returning
+    ``compute(rank, world, *args)`` (plain Python values); their (rank, result) by rank."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("fork")  # the workers start without importing torch again
+    queue, done = context.SimpleQueue(), context.Event()
+    processes = [
+        context.Process(target=_gloo_worker, args=(compute, r, world, port, args, queue, done))
+        for r in range(world)
+    ]
+    for process in processes:
+        process.start()
+    results = sorted([queue.get() for _ in processes], key=lambda r: r[0])
+    done.set()
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return results

@@ -4,16 +4,13 @@ checkpoint), CrossBatchMemory, the active fraction, errors, and the DDP gradient
 from __future__ import annotations
 
 import copy
-import os
-import socket
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, run_gloo_workers
 from lightning.pytorch.callbacks import Callback
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
@@ -224,12 +221,6 @@ def test_a_target_that_is_not_a_pml_loss_is_one_clear_paragraph():
 
 
 # -- DDP: two gloo processes on a split batch vs one process on the whole batch ------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_KINDS = ("proxy_anchor", "triplet_center", "xbm")
 
 
@@ -256,34 +247,26 @@ def _ddp_step(kind, embeddings, labels, average=None):
     return out.loss.detach(), embeddings.grad, owned, memory
 
 
-def _ddp_worker(rank, world, port, embeddings, labels, queue, done):
+def _ddp_compute(rank, world, embeddings, labels):
+    """One process's step of every DDP_KINDS regularizer on its share of the batch."""
     import torch.distributed as dist
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
+    def average(grad):
+        dist.all_reduce(grad)
+        return grad / world
 
-        def average(grad):
-            dist.all_reduce(grad)
-            return grad / world
-
-        share = embeddings.shape[0] // world
-        part = slice(rank * share, (rank + 1) * share)
-        results = {}
-        for kind in DDP_KINDS:
-            loss, grad, owned, memory = _ddp_step(kind, embeddings[part], labels[part], average)
-            results[kind] = (
-                loss.item(),
-                grad.tolist(),
-                [g.tolist() for g in owned],
-                None if memory is None else memory.tolist(),
-            )
-        queue.put((rank, results))  # plain lists: the parent may read after this process exits
-        done.wait(timeout=60)
-    finally:
-        dist.destroy_process_group()
+    share = embeddings.shape[0] // world
+    part = slice(rank * share, (rank + 1) * share)
+    results = {}
+    for kind in DDP_KINDS:
+        loss, grad, owned, memory = _ddp_step(kind, embeddings[part], labels[part], average)
+        results[kind] = (
+            loss.item(),
+            grad.tolist(),
+            [g.tolist() for g in owned],
+            None if memory is None else memory.tolist(),
+        )
+    return results
 
 
 def test_the_loss_parameter_correction_survives_a_deepcopy(monkeypatch):
@@ -301,20 +284,7 @@ def test_the_loss_parameter_correction_survives_a_deepcopy(monkeypatch):
 @pytest.mark.slow
 def test_two_processes_give_the_loss_parameters_and_embeddings_their_one_process_gradient():
     embeddings, labels = _batch(seed=5, p=8, k=4, dim=8)
-    context = mp.get_context("fork")  # no second import of torch (spawn costs seconds)
-    queue, done = context.SimpleQueue(), context.Event()
-    port = _free_port()
-    processes = [
-        context.Process(target=_ddp_worker, args=(r, 2, port, embeddings, labels, queue, done))
-        for r in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = sorted([queue.get() for _ in processes], key=lambda r: r[0])
-    done.set()
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_gloo_workers(_ddp_compute, 2, embeddings, labels)
     for kind in DDP_KINDS:
         loss, grad, owned, memory = _ddp_step(kind, embeddings, labels)
         for rank, by_kind in results:

@@ -1,13 +1,9 @@
 """Regularizer wiring: miners from the config, the PML path, center loss state, cross-device terms."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import compose_config
+from conftest import compose_config, run_gloo_workers
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
@@ -121,12 +117,6 @@ def test_center_regularizer_updates_centres_in_training_only_and_checkpoints_the
 
 
 # -- cross-device mining: two gloo processes vs one process on the concatenated batch -------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _regularizer(kind: str):
     torch.manual_seed(0)  # the same initial centres in every process
     if kind == "center":
@@ -138,37 +128,26 @@ def _regularizer(kind: str):
 KINDS = ("semihard", "hard", "center")
 
 
-def _ddp_worker(rank, world, port, embeddings, labels, queue, done):
-    import torch.distributed as dist
+def _ddp_compute(rank, world, embeddings, labels):
+    """One process's loss, gradient and state of every KINDS regularizer on its share."""
+    from ranking_reg.utils import distributed
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        from ranking_reg.utils import distributed
-
-        share = embeddings.shape[0] // world
-        local_labels = labels[rank * share : (rank + 1) * share]
-        results = {}
-        for kind in KINDS:
-            local = embeddings[rank * share : (rank + 1) * share].clone().requires_grad_(True)
-            reg = _regularizer(kind).train()
-            out = reg(local, local_labels)
-            out.loss.backward()
-            gathered = distributed.gather_with_local_grad(local.detach())
-            gathered_labels = distributed.gather_with_local_grad(local_labels)
-            if kind == "center":
-                state = reg.center_loss.centers.tolist()
-            else:
-                state = [t.tolist() for t in reg.miner(gathered, gathered_labels)]
-            results[kind] = (out.loss.item(), local.grad.tolist(), state)
-        # plain lists, not tensors: a tensor put on the queue lives in this process's shared
-        # memory, which may be gone by the time the parent reads it
-        queue.put((rank, results))
-        done.wait(timeout=60)
-    finally:
-        dist.destroy_process_group()
+    share = embeddings.shape[0] // world
+    local_labels = labels[rank * share : (rank + 1) * share]
+    results = {}
+    for kind in KINDS:
+        local = embeddings[rank * share : (rank + 1) * share].clone().requires_grad_(True)
+        reg = _regularizer(kind).train()
+        out = reg(local, local_labels)
+        out.loss.backward()
+        gathered = distributed.gather_with_local_grad(local.detach())
+        gathered_labels = distributed.gather_with_local_grad(local_labels)
+        if kind == "center":
+            state = reg.center_loss.centers.tolist()
+        else:
+            state = [t.tolist() for t in reg.miner(gathered, gathered_labels)]
+        results[kind] = (out.loss.item(), local.grad.tolist(), state)
+    return results
 
 
 @pytest.mark.slow
@@ -176,21 +155,7 @@ def test_two_processes_compute_the_global_batch_terms_of_one_process():
     """Triplet (both miners) and center terms under DDP equal one process on the whole batch."""
     embeddings, labels = _batch(seed=11, p=8, k=4, dim=8)
     # rank 0 gets classes 0-3, rank 1 classes 4-7 (whole classes per process, as PKBatchSampler)
-    # fork: the workers start without importing torch again (spawn costs seconds)
-    context = mp.get_context("fork")
-    queue, done = context.SimpleQueue(), context.Event()
-    port = _free_port()
-    processes = [
-        context.Process(target=_ddp_worker, args=(r, 2, port, embeddings, labels, queue, done))
-        for r in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = sorted([queue.get() for _ in processes], key=lambda r: r[0])
-    done.set()
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_gloo_workers(_ddp_compute, 2, embeddings, labels)
     for kind in KINDS:
         single = embeddings.clone().requires_grad_(True)
         reg = _regularizer(kind).train()
