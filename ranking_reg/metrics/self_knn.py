@@ -54,9 +54,10 @@ _BLOCK_ELEMENTS = 1 << 25
 # stable sort of 16-bit integers is a radix sort, ~10x faster than for wider keys).
 _MAX_BLOCK_ROWS = (1 << 16) - 1
 # Candidates of the column direction beyond which the data is degenerate (massive ties) and
-# the reference search is used instead, per query: 2k(1 + ln blocks). A query of block b keeps
-# about k(N - s_b)/... values: ~k(ln(blocks) - 1) on average over the queries for random
-# orderings (e.g. 2.5k at NABirds' test size, 18 blocks), so this is ~3x the expected count.
+# the reference search is used instead, per query: 2k(1 + ln blocks). A query of block b gets
+# about k * s_b / (N - s_b) of them (its bound comes from a fraction (N - s_b)/N of the items),
+# ~k(ln(blocks) - 1) on average for items in random order (e.g. 2.5k at NABirds' test size,
+# 18 blocks), so this is ~3x the expected count.
 _CANDIDATE_FACTOR = 2.0
 
 
@@ -86,9 +87,8 @@ def _block_starts(n: int, rows: int) -> list[int]:
 
 
 def _grouped(rows_local: np.ndarray, n_rows: int, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Flat entries (row, column values...) sorted by row (stable) into padded (n_rows, width)
-    arrays, one per column array; padding is +inf for float arrays and -1 otherwise. Returns
-    (counts, padded arrays...)."""
+    """Flat entries (row, column values...) grouped by row (stable) into padded (n_rows, width)
+    arrays, one per column array; padding is +inf for float arrays and -1 otherwise."""
     counts = np.bincount(rows_local, minlength=n_rows)
     width = int(counts.max()) if len(counts) else 0
     order = None
@@ -97,7 +97,7 @@ def _grouped(rows_local: np.ndarray, n_rows: int, *columns: np.ndarray) -> tuple
         rows_local = rows_local[order]
     starts = np.cumsum(counts) - counts
     pos = np.arange(len(rows_local)) - np.repeat(starts, counts)  # rows_local is sorted
-    out: list[np.ndarray] = [counts]
+    out: list[np.ndarray] = []
     for values in columns:
         values = values if order is None else values[order]
         fill = np.inf if values.dtype.kind == "f" else -1
@@ -274,7 +274,7 @@ def _row_direction(
     if (counts == counts[0]).all():  # rows are sorted: reshaped, they are the padded rows
         padded = values.reshape(h, -1)
     else:
-        _, padded = _grouped(rows, h, values)
+        (padded,) = _grouped(rows, h, values)
     tau = _kth_smallest(padded, k)
     keep = values <= tau[rows]
     index = np.int32 if first_item + width < 2**31 else np.int64  # 12 bytes a candidate
@@ -313,17 +313,10 @@ def _final(
         lo, hi = np.searchsorted(queries, [start, end])
         if hi > lo:
             parts.append((queries[lo:hi] - start, items[lo:hi], values[lo:hi]))
-    counts = sum(np.bincount(p[0], minlength=h) for p in parts)
-    padded_values = np.full((h, int(counts.max())), np.inf, dtype=np.float32)
-    padded_items = np.full((h, int(counts.max())), -1, dtype=np.int64)
-    filled = np.zeros(h, dtype=np.int64)
-    for rows, items, values in parts:  # each run is sorted by query: rank = position - first
-        here = np.bincount(rows, minlength=h)
-        first = np.cumsum(here) - here
-        pos = filled[rows] + np.arange(len(rows)) - first[rows]
-        padded_values[rows, pos] = values
-        padded_items[rows, pos] = items
-        filled += here
+    rows = np.concatenate([p[0] for p in parts])
+    padded_values, padded_items = _grouped(
+        rows, h, np.concatenate([p[2] for p in parts]), np.concatenate([p[1] for p in parts])
+    )
     kth = _kth_smallest(padded_values, k)
     if not np.isfinite(kth).all():
         raise ValueError("squared distances overflow float32: scale the embeddings down")
@@ -332,7 +325,7 @@ def _final(
     if len(rows) == h * k:  # no tie beyond the k-th place: exactly k a row
         top_values, top_items = values.reshape(h, k), items.reshape(h, k)
     else:
-        _, top_values, top_items = _grouped(rows, h, values, items)
+        top_values, top_items = _grouped(rows, h, values, items)
     # sort each row by (distance, item); padding (item -1, distance +inf) goes last
     items = np.where(top_items < 0, np.iinfo(np.int64).max, top_items.astype(np.int64))
     order = np.lexsort((items, top_values), axis=1)[:, :k]
