@@ -1,6 +1,6 @@
-"""The symmetric leave-one-out search (``ranking_reg.metrics.self_knn``) against the definition
-(a stable sort of float64 distances) and against the reference chunked search, across block
-layouts, ties, the fallback for degenerate data and the overflow error."""
+"""The symmetric leave-one-out search (``ranking_reg.metrics.self_knn`` and its compiled kernels)
+against the definition (a stable sort of float64 distances) and against the reference chunked
+search, across block layouts and group levels, ties, degenerate data and the overflow error."""
 
 from __future__ import annotations
 
@@ -22,12 +22,21 @@ def stable_sort_reference(x: np.ndarray, k: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("n", "dim", "k", "block_rows"),
-    [(2, 1, 1, None), (37, 3, 5, None), (301, 3, 12, 40), (640, 2, 30, 97), (900, 4, 65, 128)],
+    [
+        (2, 1, 1, None),
+        (37, 3, 5, None),
+        (301, 3, 12, 40),
+        (640, 2, 30, 97),
+        (900, 4, 65, 128),
+        (3000, 3, 10, 256),
+        (3000, 2, 60, 300),
+    ],
 )
 def test_equals_the_definition_on_tied_integer_data(n, dim, k, block_rows):
     # small integers: every float32 distance is exact, so ties are real and broken by index;
-    # blocks of 40-128 rows put most pairs in the column direction, and 301 = 7 * 40 + 21
-    # leaves a short first block
+    # blocks of 40-300 rows put most pairs in the column direction, and 301 = 7 * 40 + 21
+    # leaves a short first block; the row direction's group levels (0, 1, 2) all occur: the
+    # narrowest blocks of (640, 30, 97) key every value, (3000, 10, 256) takes two levels
     rng = np.random.default_rng(n)
     x = rng.integers(-3, 4, size=(n, dim)).astype(np.float32)
     got = self_neighbors(torch.from_numpy(x), k, block_rows=block_rows)
@@ -61,22 +70,34 @@ def test_whole_set_and_duplicates():
     assert got[0, 0] == 2 and got[2, 0] == 0 and got[1, 0] == 4
 
 
-def test_degenerate_data_falls_back_to_the_reference(monkeypatch):
-    # 600 identical points: every distance ties, every bound keeps every value
-    calls = []
-    real = self_knn._search
+@pytest.mark.parametrize("levels", [0, 1, 2])
+def test_row_kernel_keeps_the_k_smallest_by_distance_then_index(levels):
+    from ranking_reg.metrics import knn_kernels
 
-    def spy(*args):
-        try:
-            return real(*args)
-        except self_knn._TooManyCandidates:
-            calls.append("fallback")
-            raise
+    # a (rows x 1024) block of ties, negative rounding values, -0.0 and padding: each row's
+    # heap must hold the k first of a stable sort of its values, the own column excluded
+    rng = np.random.default_rng(levels)
+    rows, width, k, first = 6, 1000, 9, 500
+    d = rng.choice(np.float32([-1e-7, -0.0, 0.0, 0.25, 0.5, 1.0, 2.0]), size=(rows, 1024))
+    d[:, width:] = np.inf
+    own = np.arange(rows)  # queries first..first+5 are items first..first+5: the diagonal
+    d[own, own] = np.inf
+    heaps = np.zeros((first + rows, k), dtype=np.uint64)
+    tops = np.zeros(first + rows, dtype=np.float32)
+    knn_kernels.rows_into_heaps(d, width, first, first, levels, heaps, tops)
+    out = np.zeros((first + rows, k), dtype=np.int64)
+    assert knn_kernels.sorted_items(heaps, first, first + rows, out)
+    values = np.where(d[:, :width] == 0, 0.0, d[:, :width])  # -0.0 equals 0.0
+    expected = first + np.argsort(values, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(out[first:], expected)
+    assert np.array_equal(tops[first:], np.sort(values, axis=1)[:, k - 1])
 
-    monkeypatch.setattr(self_knn, "_search", spy)
+
+def test_degenerate_data():
+    # 600 identical points: every distance ties at 0, every bound keeps every value; the
+    # neighbours are the other items in index order
     x = np.zeros((600, 3), dtype=np.float32)
     got = self_neighbors(torch.from_numpy(x), 7, block_rows=50)
-    assert calls == ["fallback"]
     assert np.array_equal(got.numpy(), stable_sort_reference(x, 7))
 
 
@@ -103,7 +124,7 @@ def test_retrieval_takes_the_chunked_search_when_the_candidates_would_not_fit(mo
     x = rng.integers(0, 5, size=(300, 3)).astype(np.float32)
     y = rng.integers(0, 6, size=300)
     expected = retrieval_metrics(x, y, ks=(1, 4), nmi=False)
-    assert self_knn.expected_bytes(100_000, 1000) > 2 << 30  # e.g. 100k items, classes of 1,000
+    assert self_knn.expected_bytes(200_000, 1000) > 2 << 30  # e.g. 200k items, classes of 1,000
     calls = []
     monkeypatch.setattr(retrieval, "expected_bytes", lambda *args: 3 << 30)
     monkeypatch.setattr(retrieval, "self_neighbors", lambda *args, **kw: calls.append(1))
