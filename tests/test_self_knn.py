@@ -130,3 +130,23 @@ def test_retrieval_takes_the_chunked_search_when_the_candidates_would_not_fit(mo
     monkeypatch.setattr(retrieval, "self_neighbors", lambda *args, **kw: calls.append(1))
     assert retrieval_metrics(x, y, ks=(1, 4), nmi=False) == expected
     assert calls == []  # the symmetric search was not called
+
+
+def test_histogram_bound_is_a_value_with_at_least_k_values_below():
+    from ranking_reg.metrics import knn_kernels
+
+    rng = np.random.default_rng(5)
+    counts, peaks = np.empty(64, dtype=np.int64), np.empty(64, dtype=np.float32)
+    for trial in range(200):
+        n = int(rng.integers(1, 400))
+        values = rng.choice([0.5, 1.0, 2.0], n) if trial % 3 == 0 else rng.random(n) ** 4
+        values = values.astype(np.float32)
+        values[rng.random(n) < 0.1] = np.inf  # padding groups
+        k = int(rng.integers(1, n + 1))
+        bound = knn_kernels._histogram_bound(values, k, counts, peaks)
+        finite = np.sort(values[np.isfinite(values)])
+        if len(finite) < k:
+            assert bound == np.inf
+        else:
+            assert bound in finite and bound >= finite[k - 1]
+            assert (finite <= bound).sum() >= k

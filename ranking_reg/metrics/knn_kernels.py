@@ -139,6 +139,42 @@ def _kth_smallest(a: np.ndarray, k: int) -> np.float32:
 
 
 @_jit
+def _histogram_bound(values: np.ndarray, k: int, counts: np.ndarray, peaks: np.ndarray):
+    """A value of ``values`` with at least k values <= it, near the k-th smallest: the largest
+    value of the first of 64 equal-width bins (between the least and the largest finite value)
+    at which the bins' cumulative count reaches k (+inf if fewer than k values are finite).
+
+    Valid because the bin of a value never decreases as the value grows, and ~4x cheaper
+    than an exact selection (a histogram has no data-dependent branches); the caller tightens
+    it on the next level of minima anyway."""
+    lo, hi, finite = np.inf, -np.inf, 0
+    for v in values:
+        if v < np.inf:
+            lo = min(lo, v)
+            hi = max(hi, v)
+            finite += 1
+    if finite < k:
+        return np.float32(np.inf)
+    if hi == lo:
+        return np.float32(lo)
+    bins = len(counts)
+    scale = bins / (np.float64(hi) - np.float64(lo))
+    counts[:] = 0
+    peaks[:] = -np.inf
+    for v in values:
+        if v < np.inf:
+            b = min(int((np.float64(v) - lo) * scale), bins - 1)
+            counts[b] += 1
+            peaks[b] = max(peaks[b], v)
+    total = 0
+    for b in range(bins):
+        total += counts[b]
+        if total >= k:
+            return np.float32(peaks[b])
+    return np.float32(hi)
+
+
+@_jit
 def _take(heap: np.ndarray, filled: int, key: np.uint64) -> int:
     """Add ``key`` to a max-heap being filled (``filled`` keys so far) or, once full, put it in
     place of the root if smaller; the new fill count."""
@@ -179,8 +215,9 @@ def rows_into_heaps(
     slices, W = d's width, a multiple of 64): the k-th smallest group minimum bounds the row's
     k-th smallest value from above (k groups hold a value <= it), and only the values <= that
     bound in groups whose minimum is <= it become keys (about k of them). ``levels`` = 2 groups
-    the group minima once more the same way, takes a first bound there (a selection over W/64
-    values) and tightens it on the level-1 minima it keeps; 0 makes every value a key."""
+    the group minima once more the same way, takes a first bound there (a histogram of the W/64
+    level-2 minima, :func:`_histogram_bound`) and tightens it by an exact selection over the
+    level-1 minima it keeps; 0 makes every value a key."""
     rows, padded = d.shape
     k = heaps.shape[1]
     m1 = padded // _GROUPS
@@ -189,6 +226,8 @@ def rows_into_heaps(
     minima2 = np.empty(m2, dtype=np.float32)
     scratch = np.empty(m1, dtype=np.float32)
     groups = np.empty(m1, dtype=np.int64)
+    counts = np.empty(64, dtype=np.int64)
+    peaks = np.empty(64, dtype=np.float32)
     for r in range(rows):
         row = d[r]
         q = first_query + r
@@ -203,8 +242,7 @@ def rows_into_heaps(
             _minima(row, minima1)
             if levels == 2:
                 _minima(minima1, minima2)
-                scratch[:m2] = minima2
-                bound = _kth_smallest(scratch[:m2], k - 1)
+                bound = _histogram_bound(minima2, k, counts, peaks)
                 kept = 0
                 for j2 in range(m2):
                     if minima2[j2] <= bound:
