@@ -133,18 +133,19 @@ def _search(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
             d[np.arange(h), np.arange(h)] = np.inf  # each query's distance to itself
             levels = _levels(padded, k)
             # the kernels release the GIL: slabs of rows (their own queries' heaps) and slabs
-            # of columns (the heaps of queries >= e) run in parallel, each heap in one task
+            # of columns (the heaps of queries >= e) run in parallel, each heap in one task;
+            # four slabs a thread balance the load (the latest queries get the most offers)
             tasks = [
                 pool.submit(
                     knn_kernels.rows_into_heaps, d[lo:hi], width, s, s + lo, levels, heaps, tops
                 )
-                for lo, hi in _slabs(h, threads)
+                for lo, hi in _slabs(h, 4 * threads)
             ]
             tasks += [
                 pool.submit(
                     knn_kernels.columns_into_heaps, d, e - s + lo, hi - lo, s, e + lo, heaps, tops
                 )
-                for lo, hi in _slabs(n - e, threads)
+                for lo, hi in _slabs(n - e, 4 * threads)
             ]
             for task in tasks:
                 task.result()
