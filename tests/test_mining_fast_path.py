@@ -133,12 +133,28 @@ def test_both_semihard_branches_are_exercised_by_the_cases():
 @pytest.mark.parametrize("kind", ["pk", "ragged"])
 def test_tiny_blocks_give_the_same_selection(kind, monkeypatch):
     x, labels = _case(64, kind, torch.float32, seed=3)
-    expected = semihard_triplet_indices(x, labels)
+    expected = semihard_triplet_indices(x, labels)  # the compiled CPU search
+    monkeypatch.setattr(losses, "_compiled_search_applies", lambda embeddings: False)
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 1)  # one row (or one pair) per block
     for got, want in zip(semihard_triplet_indices(x, labels), expected, strict=True):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_and_torch_searches_agree_on_continuous_float32(seed, monkeypatch):
+    # near-ties decided by float32 rounding: both searches read the same matrix, so they must
+    # agree index for index (P x K with K = 4, and ragged classes)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(256, 16, generator=g), dim=1)
+    pk = torch.arange(64).repeat_interleave(4)
+    ragged = torch.randint(0, 40, (256,), generator=g)
+    for labels in (pk, ragged):
+        compiled = semihard_triplet_indices(x, labels)
+        with monkeypatch.context() as m:
+            m.setattr(losses, "_compiled_search_applies", lambda embeddings: False)
+            reference = semihard_triplet_indices(x, labels)
+        for got, want in zip(compiled, reference, strict=True):
+            assert torch.equal(got, want)
 def test_random_float_batch_matches_a_reference_on_the_same_matrix():
     # Off the grid: the reference applies the rule to the very float32 matrix the miner uses,
     # so the comparison is exact whatever the rounding of the distances.
