@@ -27,7 +27,11 @@ from pytorch_metric_learning.miners import BaseMiner
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ranking_reg.losses.mining_kernels import semihard_negatives
+from ranking_reg.losses.mining_kernels import (
+    semihard_negatives,
+    triplet_gap_gradient,
+    triplet_gaps,
+)
 from ranking_reg.utils.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
@@ -115,11 +119,20 @@ class _TripletGap(torch.autograd.Function):
     Autograd of ``x[i]`` scatters its gradient with ``index_put_(accumulate=True)``, which on
     CPU cost more than the whole mining at B = 1024; here the gradient is ``index_add_`` of
     (triplets × D) rows: ∂/∂x_a = 2g(x_n - x_p), ∂/∂x_p = -2g(x_a - x_p),
-    ∂/∂x_n = 2g(x_a - x_n). Once differentiable (no double backward).
+    ∂/∂x_n = 2g(x_a - x_n). On CPU both directions are compiled loops over the triplets
+    (:mod:`~ranking_reg.losses.mining_kernels`) that read the rows in place and allocate only
+    the outputs. Once differentiable (no double backward).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.batch = x.shape[0]
+        if x.device.type == "cpu":  # compiled, rows read in place (mining_kernels)
+            x = x.detach().contiguous()
+            gap = x.new_empty(anchor.numel())
+            triplet_gaps(x.numpy(), anchor.numpy(), pos.numpy(), neg.numpy(), gap.numpy())
+            ctx.save_for_backward(x, anchor, pos, neg)
+            return gap
         # Few fresh (triplets × D) buffers, reused through out= and in-place ops: on CPU a new
         # multi-MB tensor costs page faults comparable to the arithmetic on it.
         to_pos = x.index_select(0, anchor)
@@ -131,12 +144,24 @@ class _TripletGap(torch.autograd.Function):
         d_ap = torch.mul(to_pos, to_pos, out=other).sum(dim=1)
         d_an = torch.mul(to_neg, to_neg, out=other).sum(dim=1)
         ctx.save_for_backward(anchor, pos, neg, to_pos, to_neg)
-        ctx.batch = x.shape[0]
         return d_ap.sub_(d_an)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        if len(ctx.saved_tensors) == 4:  # the CPU forward
+            x, anchor, pos, neg = ctx.saved_tensors
+            out = x.new_zeros(x.shape)
+            grad = grad.contiguous()
+            triplet_gap_gradient(
+                x.detach().numpy(),
+                anchor.numpy(),
+                pos.numpy(),
+                neg.numpy(),
+                grad.numpy(),
+                out.numpy(),
+            )
+            return out, None, None, None
         anchor, pos, neg, to_pos, to_neg = ctx.saved_tensors
         scale = (2.0 * grad)[:, None]
         term = to_pos * scale  # the saved tensors stay intact (retain_graph may call us again)
