@@ -155,6 +155,8 @@ def test_compiled_and_torch_searches_agree_on_continuous_float32(seed, monkeypat
             reference = semihard_triplet_indices(x, labels)
         for got, want in zip(compiled, reference, strict=True):
             assert torch.equal(got, want)
+
+
 def test_random_float_batch_matches_a_reference_on_the_same_matrix():
     # Off the grid: the reference applies the rule to the very float32 matrix the miner uses,
     # so the comparison is exact whatever the rounding of the distances.
@@ -199,3 +201,26 @@ def test_degenerate_and_bf16_inputs():
     assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
     expected = ref_semihard_triplets(x.float(), labels.tolist())
     assert loss.item() == torch.relu(_autograd_gap(x.float(), expected) + 1.5).mean().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_and_torch_triplet_gaps_agree(dtype, monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 32, generator=g, dtype=dtype)
+    labels = torch.arange(24).repeat_interleave(4)
+    a, p, n = semihard_triplet_indices(x, labels)
+    weights = torch.rand(a.numel(), generator=g, dtype=dtype)
+    weights[::3] = 0  # inactive hinges
+
+    def gap_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        gap = losses._triplet_gap(leaf, a, p, n)
+        (gap * weights).sum().backward()
+        return gap.detach(), leaf.grad
+
+    compiled = gap_and_grad()
+    monkeypatch.setattr(losses, "_compiled_gap_applies", lambda x: False)
+    reference = gap_and_grad()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(compiled, reference, strict=True):
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)

@@ -113,6 +113,11 @@ def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
         return dist.fill_diagonal_(0.0)
 
 
+def _compiled_gap_applies(x: Tensor) -> bool:
+    """Whether :class:`_TripletGap` runs the compiled CPU loops rather than the torch ops."""
+    return x.device.type == "cpu"
+
+
 class _TripletGap(torch.autograd.Function):
     """``d(a, p) - d(a, n)`` per triplet, squared Euclidean, with a hand-written backward.
 
@@ -127,7 +132,7 @@ class _TripletGap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
         ctx.batch = x.shape[0]
-        if x.device.type == "cpu":  # compiled, rows read in place (mining_kernels)
+        if _compiled_gap_applies(x):  # compiled, rows read in place (mining_kernels)
             x = x.detach().contiguous()
             gap = x.new_empty(anchor.numel())
             triplet_gaps(x.numpy(), anchor.numpy(), pos.numpy(), neg.numpy(), gap.numpy())
