@@ -206,7 +206,8 @@ def test_degenerate_and_bf16_inputs():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_and_torch_triplet_gaps_agree(dtype, monkeypatch):
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(96, 32, generator=g, dtype=dtype)
+    # unit-norm embeddings as the model's (distances <= 4): float32 rounding is ~1e-7 of them
+    x = torch.nn.functional.normalize(torch.randn(96, 32, generator=g, dtype=dtype), dim=1)
     labels = torch.arange(24).repeat_interleave(4)
     a, p, n = semihard_triplet_indices(x, labels)
     weights = torch.rand(a.numel(), generator=g, dtype=dtype)
@@ -221,6 +222,6 @@ def test_compiled_and_torch_triplet_gaps_agree(dtype, monkeypatch):
     compiled = gap_and_grad()
     monkeypatch.setattr(losses, "_compiled_gap_applies", lambda x: False)
     reference = gap_and_grad()
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
     for got, want in zip(compiled, reference, strict=True):
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
