@@ -192,7 +192,7 @@ def test_mining_quick_rows_and_speedup_column(monkeypatch):
     assert all(_positive_finite(r["pml_s"]) for r in hard)
 
     # With known times (ours 2 ms, PML 10 ms) the speed-up is PML / ours = 5.
-    def fixed(loss_fns, x, y, repeats):
+    def fixed(loss_fns, x, y, repeats, calls=None):
         return [0.002, 0.010][: len(loss_fns)]
 
     monkeypatch.setattr(bench_mining, "_median_seconds", fixed)
@@ -201,6 +201,24 @@ def test_mining_quick_rows_and_speedup_column(monkeypatch):
     table = bench_mining.markdown_table(rows)
     assert "| semihard | 32 | 2.0 | 10.0 | 5.0x |" in table
     assert "| semihard | 128 | 2.0 | — | — |" in table
+
+
+def test_mining_rounds_call_each_function_its_number_of_times():
+    # ours five calls a round against PML's one; a warm-up round is run and not timed
+    made = {"fast": 0, "slow": 0}
+
+    def loss(name):
+        def fn(x, y):
+            made[name] += 1
+            return (x * 2).sum()
+
+        return fn
+
+    x = torch.ones(3, requires_grad=True)
+    times = bench_mining._median_seconds(
+        [loss("fast"), loss("slow")], x, torch.zeros(3), repeats=2, calls=(5, 1)
+    )
+    assert made == {"fast": 15, "slow": 3} and all(t > 0 for t in times)
 
 
 # -- run_all --------------------------------------------------------------------------------------

@@ -25,13 +25,9 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.miners import BaseMiner
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ranking_reg.losses.mining_kernels import (
-    semihard_negatives,
-    triplet_gap_gradient,
-    triplet_gaps,
-)
+from ranking_reg.losses.mining_kernels import semihard_negatives
+from ranking_reg.losses.triplet_gap import triplet_gap
 from ranking_reg.utils.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
@@ -111,78 +107,6 @@ def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
         # In-place steps on the fresh addmm output: one B×B buffer, still differentiable.
         dist = torch.addmm(sq[:, None], x, x.T, alpha=-2.0).add_(sq[None, :]).clamp_(min=0.0)
         return dist.fill_diagonal_(0.0)
-
-
-def _compiled_gap_applies(x: Tensor) -> bool:
-    """Whether :class:`_TripletGap` runs the compiled CPU loops rather than the torch ops."""
-    return x.device.type == "cpu"
-
-
-class _TripletGap(torch.autograd.Function):
-    """``d(a, p) - d(a, n)`` per triplet, squared Euclidean, with a hand-written backward.
-
-    Autograd of ``x[i]`` scatters its gradient with ``index_put_(accumulate=True)``, which on
-    CPU cost more than the whole mining at B = 1024; here the gradient is ``index_add_`` of
-    (triplets × D) rows: ∂/∂x_a = 2g(x_n - x_p), ∂/∂x_p = -2g(x_a - x_p),
-    ∂/∂x_n = 2g(x_a - x_n). On CPU both directions are compiled loops over the triplets
-    (:mod:`~ranking_reg.losses.mining_kernels`) that read the rows in place and allocate only
-    the outputs. Once differentiable (no double backward).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.batch = x.shape[0]
-        if _compiled_gap_applies(x):  # compiled, rows read in place (mining_kernels)
-            x = x.detach().contiguous()
-            gap = x.new_empty(anchor.numel())
-            triplet_gaps(x.numpy(), anchor.numpy(), pos.numpy(), neg.numpy(), gap.numpy())
-            ctx.save_for_backward(x, anchor, pos, neg)
-            return gap
-        # Few fresh (triplets × D) buffers, reused through out= and in-place ops: on CPU a new
-        # multi-MB tensor costs page faults comparable to the arithmetic on it.
-        to_pos = x.index_select(0, anchor)
-        to_neg = to_pos.clone()
-        other = x.index_select(0, pos)
-        to_pos.sub_(other)
-        torch.index_select(x, 0, neg, out=other)
-        to_neg.sub_(other)
-        d_ap = torch.mul(to_pos, to_pos, out=other).sum(dim=1)
-        d_an = torch.mul(to_neg, to_neg, out=other).sum(dim=1)
-        ctx.save_for_backward(anchor, pos, neg, to_pos, to_neg)
-        return d_ap.sub_(d_an)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        if len(ctx.saved_tensors) == 4:  # the CPU forward
-            x, anchor, pos, neg = ctx.saved_tensors
-            out = x.new_zeros(x.shape)
-            grad = grad.contiguous()
-            triplet_gap_gradient(
-                x.detach().numpy(),
-                anchor.numpy(),
-                pos.numpy(),
-                neg.numpy(),
-                grad.numpy(),
-                out.numpy(),
-            )
-            return out, None, None, None
-        anchor, pos, neg, to_pos, to_neg = ctx.saved_tensors
-        scale = (2.0 * grad)[:, None]
-        term = to_pos * scale  # the saved tensors stay intact (retain_graph may call us again)
-        out = term.new_zeros(ctx.batch, term.shape[1])
-        out.index_add_(0, anchor, term)
-        out.index_add_(0, pos, term, alpha=-1)
-        torch.mul(to_neg, scale, out=term)
-        out.index_add_(0, anchor, term, alpha=-1)
-        out.index_add_(0, neg, term)
-        return out, None, None, None
-
-
-def _triplet_gap(embeddings: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """``d(a, p) - d(a, n)`` for the selected triplets, differentiable w.r.t. the embeddings."""
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        return _TripletGap.apply(embeddings.to(_distance_dtype(embeddings)), anchor, pos, neg)
 
 
 def _positive_pairs(labels: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -343,7 +267,7 @@ def semihard_triplet_loss(
     anchor, pos, negative = semihard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)
-    gap = _triplet_gap(embeddings, anchor, pos, negative)
+    gap = triplet_gap(embeddings, anchor, pos, negative)
     return _reduce(F.relu(gap + float(margin)), reduction)
 
 
@@ -402,7 +326,7 @@ def batch_hard_triplet_loss(
     anchor, pos, negative = batch_hard_triplet_indices(embeddings, labels)
     if anchor.numel() == 0:
         return _zero_loss(embeddings, reduction)
-    diff = _triplet_gap(embeddings, anchor, pos, negative)
+    diff = triplet_gap(embeddings, anchor, pos, negative)
     losses = F.softplus(diff) if margin == "soft" else F.relu(diff + float(margin))
     return _reduce(losses, reduction)
 
