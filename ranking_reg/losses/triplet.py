@@ -27,7 +27,7 @@ from pytorch_metric_learning.miners import BaseMiner
 from torch import Tensor
 
 from ranking_reg.losses.mining_kernels import semihard_negatives
-from ranking_reg.losses.triplet_gap import triplet_gap
+from ranking_reg.losses.triplet_gap import distance_dtype, triplet_gap
 from ranking_reg.utils.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
@@ -35,10 +35,6 @@ Reduction = Literal["mean", "sum", "none"]
 # Largest number of elements of one block of integer keys in semi-hard mining (4M = 16 MiB in
 # float32), so the working memory beyond the B×B matrix is fixed, whatever the number of pairs.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-def _distance_dtype(embeddings: Tensor) -> torch.dtype:
-    return torch.float64 if embeddings.dtype == torch.float64 else torch.float32
 
 
 def _check_inputs(embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -90,7 +86,7 @@ def _reduce(losses: Tensor, reduction: Reduction) -> Tensor:
 
 def _zero_loss(embeddings: Tensor, reduction: Reduction) -> Tensor:
     """A zero that is still part of the graph (so DDP and the optimizer see every parameter)."""
-    zero = embeddings.sum().to(_distance_dtype(embeddings)) * 0
+    zero = embeddings.sum().to(distance_dtype(embeddings)) * 0
     return zero.reshape(1)[:0] if reduction == "none" else zero
 
 
@@ -102,7 +98,7 @@ def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
     disabled. Differentiable.
     """
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        x = embeddings.to(_distance_dtype(embeddings))
+        x = embeddings.to(distance_dtype(embeddings))
         sq = (x * x).sum(dim=1)
         # In-place steps on the fresh addmm output: one B×B buffer, still differentiable.
         dist = torch.addmm(sq[:, None], x, x.T, alpha=-2.0).add_(sq[None, :]).clamp_(min=0.0)
@@ -148,7 +144,7 @@ def _mining_distances(embeddings: Tensor, anchor: Tensor, pos: Tensor) -> tuple[
 def _compiled_search_applies(embeddings: Tensor) -> bool:
     """Whether :func:`semihard_triplet_indices` takes the compiled CPU search
     (:mod:`~ranking_reg.losses.mining_kernels`, float32 distances) rather than the torch one."""
-    return embeddings.device.type == "cpu" and _distance_dtype(embeddings) == torch.float32
+    return embeddings.device.type == "cpu" and distance_dtype(embeddings) == torch.float32
 
 
 # Integer type with the width of each distance dtype: its view of the bits of a non-negative

@@ -10,6 +10,12 @@ from torch.autograd.function import once_differentiable
 from ranking_reg.losses.mining_kernels import triplet_gap_gradient, triplet_gaps
 
 
+def distance_dtype(embeddings: Tensor) -> torch.dtype:
+    """The dtype every triplet distance is computed in: float64 stays float64, anything else
+    (float16, bfloat16, float32) is float32."""
+    return torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+
+
 def _compiled_gap_applies(x: Tensor) -> bool:
     """Whether :class:`_TripletGap` runs the compiled CPU loops rather than the torch ops."""
     return x.device.type == "cpu"
@@ -29,7 +35,8 @@ class _TripletGap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
         ctx.batch = x.shape[0]
-        if _compiled_gap_applies(x):  # compiled, rows read in place (mining_kernels)
+        ctx.compiled = _compiled_gap_applies(x)
+        if ctx.compiled:  # compiled, rows read in place (mining_kernels)
             x = x.detach().contiguous()
             gap = x.new_empty(anchor.numel())
             triplet_gaps(x.numpy(), anchor.numpy(), pos.numpy(), neg.numpy(), gap.numpy())
@@ -51,12 +58,12 @@ class _TripletGap(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        if len(ctx.saved_tensors) == 4:  # the CPU forward
-            x, anchor, pos, neg = ctx.saved_tensors
+        if ctx.compiled:
+            x, anchor, pos, neg = ctx.saved_tensors  # x: the detached, contiguous input
             out = x.new_zeros(x.shape)
             grad = grad.contiguous()
             triplet_gap_gradient(
-                x.detach().numpy(),
+                x.numpy(),
                 anchor.numpy(),
                 pos.numpy(),
                 neg.numpy(),
@@ -79,6 +86,5 @@ class _TripletGap(torch.autograd.Function):
 def triplet_gap(embeddings: Tensor, anchor: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """``d(a, p) - d(a, n)`` (squared Euclidean) for the triplets (a, p, n), differentiable
     w.r.t. the embeddings; computed in float32 (float64 stays float64) with autocast off."""
-    dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        return _TripletGap.apply(embeddings.to(dtype), anchor, pos, neg)
+        return _TripletGap.apply(embeddings.to(distance_dtype(embeddings)), anchor, pos, neg)
