@@ -40,12 +40,12 @@ def _self_search_chunks(
     """(query slice, (rows, depth) neighbour indices) of every item's leave-one-out search:
     the symmetric search of :mod:`~ranking_reg.metrics.self_knn` (half the GEMM) through
     numpy's BLAS, or, with ``backend="torch"`` or when the symmetric search would hold more than
-    2 GiB of candidates, the reference chunked search
+    2 GiB of heaps, the reference chunked search
     (:func:`~ranking_reg.metrics.knn.nearest_neighbors`)."""
-    # the symmetric search holds every query's candidates at once (~k(1 + ln blocks) each):
-    # past 2 GiB (e.g. 100k items with classes of 1,000) the chunked search, whose memory is one
-    # block of queries, is the one that fits
-    if check_backend(backend) == "torch" or expected_bytes(len(x), depth, chunk_size) > 2 << 30:
+    # the symmetric search holds every query's heap of k keys at once (16 bytes a neighbour with
+    # the result): past 2 GiB (e.g. 200k items with classes of 1,000) the chunked search, whose
+    # memory is one block of queries, is the one that fits
+    if check_backend(backend) == "torch" or expected_bytes(len(x), depth) > 2 << 30:
         yield from _neighbour_chunks(x, depth, chunk_size, backend=backend)
         return
     idx = self_neighbors(x, depth, block_rows=chunk_size)

@@ -68,7 +68,7 @@ def _levels(padded_width: int, k: int) -> int:
     return 1 if padded_width // 8 > k else 0
 
 
-def expected_bytes(n: int, k: int, block_rows: int | None = None) -> int:
+def expected_bytes(n: int, k: int) -> int:
     """Memory the search holds at once besides its 128 MiB block: the (N, k) heaps of 8-byte
     keys, the (N, k) int64 result and the (N,) screening distances."""
     return int(n * (16 * k + 4))
